@@ -1,0 +1,2 @@
+//! Docker source: list + watch the engine, reconnect, snapshots.
+pub mod view;

@@ -1,0 +1,90 @@
+//! berth's registry side: the [`Instance`] model, the [`Registry`] a reconciler writes to, and
+//! its backends.
+//!
+//! Start at [`Registry`]. Backends are a closed set dispatched with `match`; each one
+//! implements the same five operations with the same contract:
+//!
+//! - [`Registry::list`] reads what is registered on this node, split into instances owned by
+//!   this berth node and ids that belong to anyone else;
+//! - [`Registry::register`] creates or replaces one instance (idempotent);
+//! - [`Registry::deregister`] removes one instance (removing a missing one succeeds);
+//! - [`Registry::heartbeat`] refreshes the instance's TTL and reports its health, answering
+//!   [`RegistryError::NotFound`] when the registry has lost the instance;
+//! - [`Registry::describe`] names the backend and its address for logs.
+
+pub mod consul;
+mod error;
+mod instance;
+pub mod memory;
+
+use std::collections::BTreeSet;
+
+pub use error::RegistryError;
+pub use instance::{
+    Health, Instance, META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_MANAGED, META_NODE,
+    META_RESERVED_PREFIX, Origin, Status,
+};
+
+/// What a registry holds on this node.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Listing {
+    /// Instances written by berth for the asking node.
+    pub owned: Vec<Instance>,
+    /// Ids of every other entry: other tools' services and other berth nodes' instances.
+    /// berth never writes or removes these.
+    pub foreign_ids: BTreeSet<String>,
+}
+
+/// The registry berth keeps exact. A closed set of backends.
+#[derive(Debug, Clone)]
+pub enum Registry {
+    Consul(consul::ConsulRegistry),
+    /// In-process registry for unit tests of the reconcile logic and dry runs.
+    Memory(memory::MemoryRegistry),
+}
+
+impl Registry {
+    /// Lists the entries visible to this node, split by ownership.
+    pub async fn list(&self, node: &str) -> Result<Listing, RegistryError> {
+        match self {
+            Registry::Consul(c) => c.list(node).await,
+            Registry::Memory(m) => m.list(node),
+        }
+    }
+
+    /// Creates or replaces `instance`, with a TTL check/lease whose initial state is
+    /// `instance.health`.
+    pub async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
+        match self {
+            Registry::Consul(c) => c.register(instance).await,
+            Registry::Memory(m) => m.register(instance),
+        }
+    }
+
+    /// Removes the instance `id`. Removing an id the registry does not know succeeds.
+    pub async fn deregister(&self, id: &str) -> Result<(), RegistryError> {
+        match self {
+            Registry::Consul(c) => c.deregister(id).await,
+            Registry::Memory(m) => m.deregister(id),
+        }
+    }
+
+    /// Refreshes the TTL of `id` and reports `health`.
+    ///
+    /// Answers [`RegistryError::NotFound`] when the registry lost the instance; the caller
+    /// must register it again.
+    pub async fn heartbeat(&self, id: &str, health: &Health) -> Result<(), RegistryError> {
+        match self {
+            Registry::Consul(c) => c.heartbeat(id, health).await,
+            Registry::Memory(m) => m.heartbeat(id, health),
+        }
+    }
+
+    /// A short description for logs, e.g. `consul at http://127.0.0.1:8500`.
+    pub fn describe(&self) -> String {
+        match self {
+            Registry::Consul(c) => c.describe(),
+            Registry::Memory(_) => "in-memory registry".to_owned(),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs everything berth's build and tests need on a Debian bookworm machine:
+# protoc (etcd-client build), busybox-static (test images), etcd, dig, and consul from the
+# bullseye suite. The bullseye source is derived from this machine's own apt configuration,
+# so no mirror host name is written into the repository.
+set -euo pipefail
+
+need_root() { if [ "$(id -u)" -ne 0 ]; then echo "install-deps: run as root (or via sudo)" >&2; exit 1; fi; }
+
+have_all() {
+  command -v protoc >/dev/null && [ -e /usr/include/google/protobuf/timestamp.proto ] \
+    && [ -x /bin/busybox ] && command -v consul >/dev/null && command -v etcd >/dev/null \
+    && command -v etcdctl >/dev/null && command -v dig >/dev/null && command -v curl >/dev/null \
+    && command -v jq >/dev/null
+}
+
+if have_all; then exit 0; fi
+need_root
+export DEBIAN_FRONTEND=noninteractive
+
+# The first Debian URI this machine already uses for the main archive.
+debian_uri() {
+  local uri=""
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+  fi
+  if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+    uri=$(awk '$1=="deb" && $0 !~ /security/ {for (i=2;i<=NF;i++) if ($i ~ /^(https?|file):/) {print $i; exit}}' /etc/apt/sources.list)
+  fi
+  printf '%s' "$uri"
+}
+
+bullseye=/etc/apt/sources.list.d/berth-bullseye.sources
+if [ ! -f "$bullseye" ]; then
+  uri=$(debian_uri)
+  if [ -z "$uri" ]; then echo "install-deps: no Debian apt source found to derive bullseye from" >&2; exit 1; fi
+  cat >"$bullseye" <<SRC
+Types: deb
+URIs: $uri
+Suites: bullseye
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  # Prefer bookworm for everything but what we ask for from bullseye explicitly.
+  cat >/etc/apt/preferences.d/berth-bullseye <<'PREF'
+Package: *
+Pin: release n=bullseye
+Pin-Priority: 100
+PREF
+fi
+
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+  protobuf-compiler libprotobuf-dev busybox-static etcd-server etcd-client \
+  dnsutils curl jq ca-certificates >/dev/null
+apt-get install -y -qq --no-install-recommends -t bullseye consul >/dev/null
+# Debian's etcd-server package may start a system etcd on :2379; the tests run their own.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+pkill -x etcd >/dev/null 2>&1 || true
+have_all || { echo "install-deps: something is still missing after install" >&2; exit 1; }
+echo "install-deps: ok (consul $(consul version | head -1), etcd $(etcd --version | head -1))"

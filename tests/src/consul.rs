@@ -1,0 +1,147 @@
+//! A real `consul agent -dev` per test, on free ports.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{free_port, wait_for};
+
+/// A running Consul dev agent. Killed on drop.
+#[derive(Debug)]
+pub struct ConsulServer {
+    child: Option<Child>,
+    pub http_port: u16,
+    pub dns_port: u16,
+    ports: [u16; 4],
+    data_log: std::path::PathBuf,
+    http: reqwest::blocking::Client,
+}
+
+impl ConsulServer {
+    /// Starts a dev agent and waits until it has a leader and answers the agent API.
+    pub fn start() -> ConsulServer {
+        crate::crypto();
+        let http_port = free_port();
+        let dns_port = free_port();
+        let ports = [free_port(), free_port(), free_port(), free_port()];
+        let data_log = std::env::temp_dir().join(format!("berth-consul-{http_port}.log"));
+        let mut server = ConsulServer {
+            child: None,
+            http_port,
+            dns_port,
+            ports,
+            data_log,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let [serf_lan, serf_wan, server, grpc] = self.ports;
+        let hcl = format!(
+            "ports {{ http = {} dns = {} serf_lan = {serf_lan} serf_wan = {serf_wan} server = {server} grpc = {grpc} }}",
+            self.http_port, self.dns_port
+        );
+        let log = std::fs::File::create(&self.data_log).unwrap();
+        let child = Command::new("consul")
+            .args([
+                "agent",
+                "-dev",
+                "-client",
+                "127.0.0.1",
+                "-bind",
+                "127.0.0.1",
+            ])
+            .args(["-node", &format!("consul-{}", self.http_port)])
+            .args(["-hcl", &hcl])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start consul (is it installed? run scripts/install-deps.sh)");
+        self.child = Some(child);
+        wait_for("consul leader", Duration::from_secs(30), || {
+            let leader = self
+                .http
+                .get(format!("{}/v1/status/leader", self.addr()))
+                .send()
+                .ok()?
+                .text()
+                .ok()?;
+            (leader.trim().len() > 2).then_some(())
+        });
+    }
+
+    /// `http://127.0.0.1:<port>`
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Kills the agent (SIGKILL) and starts it again on the same ports. Dev mode forgets all.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Kills the agent.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// GET a Consul API path (e.g. `/v1/agent/services`) as JSON; `None` on any failure.
+    pub fn get(&self, path: &str) -> Option<Value> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.addr()))
+            .send()
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.json().ok()
+    }
+
+    /// PUT a JSON body to a Consul API path; panics on failure.
+    pub fn put(&self, path: &str, body: &Value) {
+        let resp = self
+            .http
+            .put(format!("{}{path}", self.addr()))
+            .json(body)
+            .send()
+            .unwrap();
+        assert!(resp.status().is_success(), "PUT {path}: {}", resp.status());
+    }
+
+    /// `/v1/health/service/<name>` entries.
+    pub fn health(&self, name: &str) -> Vec<Value> {
+        self.get(&format!("/v1/health/service/{name}"))
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// `/v1/catalog/service/<name>` entries.
+    pub fn catalog(&self, name: &str) -> Vec<Value> {
+        self.get(&format!("/v1/catalog/service/{name}"))
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// The agent's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.data_log).unwrap_or_default()
+    }
+}
+
+impl Drop for ConsulServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.data_log);
+    }
+}

@@ -1,0 +1,36 @@
+//! Harness for berth's end-to-end tests: real processes, real Docker, real Consul.
+//!
+//! Every test starts its own Consul dev agent on free ports ([`ConsulServer`]) so tests can
+//! restart or kill it without disturbing each other.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+pub mod consul;
+
+use std::time::{Duration, Instant};
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; a small race is accepted in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Installs the ring crypto provider for rustls once per process (reqwest needs one).
+pub fn crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
