@@ -1,3 +1,12 @@
 //! The berth agent as a library, so in-process tests can drive it.
+//!
+//! Where to start: [`app`] wires the tasks; [`docker`] is where events enter; [`labels`]
+//! decides what a container registers; [`reconcile`] plans and applies registry writes and
+//! runs the heartbeats. `docs/ARCHITECTURE.md` has the map.
+pub mod app;
+pub mod config;
 pub mod docker;
+pub mod hostip;
 pub mod labels;
+pub mod reconcile;
+pub mod telemetry;

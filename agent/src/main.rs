@@ -1,1 +1,111 @@
-fn main() {}
+//! `berth`: telemetry → config (one line, exit 64 on error) → build → spawn → signal → drain.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use berth::app::App;
+use berth::config::{Cli, Command, Config, ProcessEnv};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+/// How long in-flight writes (and `--deregister-on-exit`) may take after a signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// EX_CONFIG from sysexits.h.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let first = e.to_string();
+            let line = first.lines().next().unwrap_or("invalid arguments");
+            eprintln!("berth: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Command::Run(args) = cli.command;
+    let config = match Config::load(&args, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    berth::telemetry::init(config.log_format);
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the tokio runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    // rs-consul and reqwest share rustls; both need one process-wide provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    info!(version = env!("CARGO_PKG_VERSION"), "berth starting");
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let signals = tokio::spawn(shutdown_signal(cancel.clone()));
+
+    let app = match App::build(config, &cancel).await {
+        Err(berth::app::BuildError::Cancelled) => return Ok(()),
+        built => built.context("cannot start")?,
+    };
+    app.spawn(&tracker, cancel.clone());
+    tracker.close();
+
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = tracker.wait() => warn!("all tasks ended unexpectedly"),
+    }
+    cancel.cancel();
+    signals.abort();
+    info!("shutting down; finishing in-flight writes");
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(timeout = ?DRAIN_TIMEOUT, "drain timed out");
+    }
+    info!("berth stopped");
+    Ok(())
+}
+
+/// Cancels on SIGTERM or SIGINT.
+async fn shutdown_signal(cancel: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+    cancel.cancel();
+}

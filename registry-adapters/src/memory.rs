@@ -9,6 +9,7 @@ use crate::{Health, Instance, Listing, RegistryError};
 
 /// One stored entry: either berth's instance or another tool's bare id.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // test-only data, clarity over size
 pub enum Entry {
     Berth(Instance),
     Foreign,
@@ -26,6 +27,7 @@ pub struct Writes {
 struct State {
     entries: BTreeMap<String, Entry>,
     writes: Writes,
+    registers_by_id: BTreeMap<String, usize>,
     unavailable: bool,
 }
 
@@ -81,6 +83,11 @@ impl MemoryRegistry {
         self.state().writes
     }
 
+    /// How many register calls `id` received.
+    pub fn registers_of(&self, id: &str) -> usize {
+        self.state().registers_by_id.get(id).copied().unwrap_or(0)
+    }
+
     pub fn get(&self, id: &str) -> Option<Entry> {
         self.state().entries.get(id).cloned()
     }
@@ -116,6 +123,10 @@ impl MemoryRegistry {
         let mut state = self.state();
         Self::check_up(&state)?;
         state.writes.registers += 1;
+        *state
+            .registers_by_id
+            .entry(instance.id.clone())
+            .or_default() += 1;
         state
             .entries
             .insert(instance.id.clone(), Entry::Berth(instance.clone()));

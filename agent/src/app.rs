@@ -1,0 +1,178 @@
+//! Wiring: builds the Docker client, the registry and the tasks from a [`Config`], and spawns
+//! them on a [`TaskTracker`] under one [`CancellationToken`].
+//!
+//! ```text
+//! docker::run_source ──Trigger──▶ reconcile::Reconciler ──writes──▶ Registry
+//!                                   │    ▲ records writes             ▲
+//!                                   ▼    │                            │
+//!                                  reconcile::store::Store ──due──▶ reconcile::heartbeat
+//!                 heartbeat ──Trigger::Container (registry lost it)──▶ Reconciler
+//! ```
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_registry::Registry;
+use berth_registry::consul::{ConsulConfig, ConsulRegistry};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Config, RegistryKind};
+use crate::docker::{self, DockerClient, DockerError};
+use crate::hostip;
+use crate::labels;
+use crate::reconcile::{self, Context, Reconciler, heartbeat, store::Store};
+
+/// Why the agent could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Registry(#[from] berth_registry::RegistryError),
+    #[error("cancelled during startup")]
+    Cancelled,
+}
+
+/// A built agent, ready to spawn.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    ctx: Context,
+}
+
+impl App {
+    /// Connects to nothing yet except Docker for the node name when `--node-name` is not set
+    /// (retried with backoff until Docker answers or `cancel` fires).
+    pub async fn build(config: Config, cancel: &CancellationToken) -> Result<App, BuildError> {
+        let registry = match config.registry {
+            RegistryKind::Consul => Registry::Consul(ConsulRegistry::new(ConsulConfig {
+                addr: config.consul_addr.clone(),
+                token: config.consul_token.clone(),
+                ca_cert: config.consul_cacert.clone(),
+                client_cert: config.consul_client_cert.clone(),
+                client_key: config.consul_client_key.clone(),
+                tls_skip_verify: config.consul_tls_skip_verify,
+                ttl: config.ttl,
+                deregister_critical_after: config.deregister_critical_after,
+                ..ConsulConfig::default()
+            })?),
+            // Config validation refuses etcd until its backend exists.
+            RegistryKind::Etcd => Registry::Memory(Default::default()),
+        };
+        App::with_registry(config, registry, cancel).await
+    }
+
+    /// Like [`App::build`] with a given registry (in-process tests use the memory backend).
+    pub async fn with_registry(
+        config: Config,
+        registry: Registry,
+        cancel: &CancellationToken,
+    ) -> Result<App, BuildError> {
+        let docker = DockerClient::new(config.docker_host.as_deref(), config.docker_timeout)?;
+
+        let node = match &config.node_name {
+            Some(n) => n.clone(),
+            None => docker_node_name(docker.clone(), cancel).await?,
+        };
+        let host_ip: IpAddr = match config.host_ip {
+            Some(ip) => ip,
+            None => {
+                let (ip, how) = hostip::detect();
+                info!(host_ip = %ip, how, "host IP detected (set --host-ip to override)");
+                ip
+            }
+        };
+        info!(
+            node = %node,
+            host_ip = %host_ip,
+            docker = docker.endpoint(),
+            registry = %registry.describe(),
+            ttl = ?config.ttl,
+            resync = ?config.resync,
+            internal = config.internal,
+            explicit = config.explicit,
+            "berth configured"
+        );
+        let settings = labels::Settings {
+            node,
+            host_ip,
+            internal: config.internal,
+            network: config.network.clone(),
+            explicit: config.explicit,
+        };
+        let store = Arc::new(Store::new(config.heartbeat_interval()));
+        Ok(App {
+            ctx: Context {
+                docker,
+                registry,
+                store,
+                settings: Arc::new(settings),
+            },
+            config,
+        })
+    }
+
+    /// The shared state, for in-process tests.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Spawns the source, the reconciler and the heartbeater.
+    pub fn spawn(self, tracker: &TaskTracker, cancel: CancellationToken) {
+        let (tx, rx) = mpsc::channel(1024);
+        // The reconciler must outlive the source so in-flight writes finish; it stops on
+        // cancel and then drains.
+        tracker.spawn(
+            Reconciler::new(
+                self.ctx.clone(),
+                reconcile::Options {
+                    concurrency: self.config.concurrency,
+                    deregister_on_exit: self.config.deregister_on_exit,
+                },
+            )
+            .run(rx, cancel.clone()),
+        );
+        tracker.spawn(heartbeat::run(
+            self.ctx.registry.clone(),
+            self.ctx.store.clone(),
+            tx.clone(),
+            cancel.clone(),
+        ));
+        tracker.spawn(docker::run_source(
+            self.ctx.docker.clone(),
+            self.config.resync,
+            tx,
+            cancel,
+        ));
+    }
+}
+
+async fn docker_node_name(
+    mut docker: DockerClient,
+    cancel: &CancellationToken,
+) -> Result<String, BuildError> {
+    let mut backoff = docker::reconnect_backoff();
+    loop {
+        let attempt = async {
+            docker.negotiate().await?;
+            docker.node_name().await
+        };
+        match attempt.await {
+            Ok(name) if !name.is_empty() => {
+                info!(node = %name, "node name taken from the Docker engine (set --node-name to override)");
+                return Ok(name);
+            }
+            Ok(_) => warn!("docker info has no node name; set --node-name"),
+            Err(e) => warn!(error = %e, "cannot ask docker for the node name; retrying"),
+        }
+        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(BuildError::Cancelled),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}

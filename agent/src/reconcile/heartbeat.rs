@@ -1,0 +1,85 @@
+//! The heartbeater: one task refreshes every owned instance's TTL every ttl/3.
+//!
+//! It sleeps until the store's earliest deadline (or until the store says a new, earlier one
+//! exists), sends the due heartbeats with bounded concurrency, and turns a
+//! [`RegistryError::NotFound`] (the registry lost the instance, e.g. Consul restarted) into a
+//! reconcile of the container, which registers it again at once.
+
+use std::sync::Arc;
+
+use berth_registry::{Registry, RegistryError};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::store::Store;
+use crate::docker::Trigger;
+
+/// Heartbeats sent at once.
+const CONCURRENCY: usize = 32;
+
+/// Runs until `cancel` fires.
+pub async fn run(
+    registry: Registry,
+    store: Arc<Store>,
+    triggers: mpsc::Sender<Trigger>,
+    cancel: CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        let next = store.next_due();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = store.changed() => continue,
+            _ = sleep_until(next) => {}
+        }
+        let due = store.take_due(Instant::now());
+        let results: Vec<(String, Result<(), RegistryError>)> = futures::stream::iter(due)
+            .map(|(id, health)| {
+                let registry = &registry;
+                async move {
+                    let r = registry.heartbeat(&id, &health).await;
+                    (id, r)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+
+        let mut errors = 0usize;
+        for (id, result) in results {
+            match result {
+                Ok(()) => {}
+                Err(RegistryError::NotFound { .. }) => {
+                    if let Some(container) = store.lost(&id) {
+                        info!(service.id = %id, "registry lost the instance; registering it again");
+                        if triggers.send(Trigger::Container(container)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    errors += 1;
+                    if !failing {
+                        warn!(service.id = %id, error = %e, "heartbeat failed; retrying every interval");
+                    } else {
+                        debug!(service.id = %id, error = %e, "heartbeat failed");
+                    }
+                }
+            }
+        }
+        if errors == 0 && failing {
+            info!("heartbeats succeed again");
+        }
+        failing = errors > 0 || (failing && store.next_due().is_none());
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

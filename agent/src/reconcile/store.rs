@@ -1,0 +1,313 @@
+//! What this node owns in the registry, as last written or read, plus the heartbeat schedule.
+//!
+//! One `std::sync::Mutex` guards it; no lock is ever held across I/O. Reconcile workers
+//! record each successful write here, snapshots replace it wholesale, and the heartbeater
+//! takes due instances from the schedule (mini-redis' `BTreeSet<(Instant, key)>` shape, with a
+//! [`Notify`] so an earlier deadline wakes the heartbeater).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use berth_registry::{Health, Instance, Listing};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::plan::{Plan, plan};
+use crate::labels::Note;
+
+#[derive(Debug, Default)]
+struct Inner {
+    instances: HashMap<String, Instance>,
+    by_container: HashMap<String, BTreeSet<String>>,
+    foreign: BTreeSet<String>,
+    schedule: BTreeSet<(Instant, String)>,
+    due_at: HashMap<String, Instant>,
+    notes: HashMap<String, Vec<Note>>,
+}
+
+impl Inner {
+    fn unschedule(&mut self, id: &str) {
+        if let Some(at) = self.due_at.remove(id) {
+            self.schedule.remove(&(at, id.to_owned()));
+        }
+    }
+
+    fn schedule(&mut self, id: &str, at: Instant) {
+        self.unschedule(id);
+        self.due_at.insert(id.to_owned(), at);
+        self.schedule.insert((at, id.to_owned()));
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Instance> {
+        let removed = self.instances.remove(id)?;
+        self.unschedule(id);
+        let container = &removed.origin.container_id;
+        if let Some(ids) = self.by_container.get_mut(container) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_container.remove(container);
+            }
+        }
+        Some(removed)
+    }
+
+    fn insert(&mut self, instance: Instance, beat_at: Instant) {
+        let id = instance.id.clone();
+        self.remove(&id);
+        self.by_container
+            .entry(instance.origin.container_id.clone())
+            .or_default()
+            .insert(id.clone());
+        self.instances.insert(id.clone(), instance);
+        self.schedule(&id, beat_at);
+    }
+}
+
+/// The owned-state store shared by the reconciler and the heartbeater.
+#[derive(Debug)]
+pub struct Store {
+    inner: Mutex<Inner>,
+    wake: Notify,
+    beat_every: Duration,
+}
+
+impl Store {
+    /// `beat_every` is the heartbeat interval (ttl/3).
+    pub fn new(beat_every: Duration) -> Store {
+        Store {
+            inner: Mutex::new(Inner::default()),
+            wake: Notify::new(),
+            beat_every,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing in the critical sections can panic half-way through an update.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Plans the writes for one container (`Some(id)`) against what this node owns for it.
+    pub fn plan_container(&self, node: &str, container: &str, desired: &[Instance]) -> Plan {
+        let inner = self.lock();
+        let owned: Vec<Instance> = inner
+            .by_container
+            .get(container)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| inner.instances.get(id).cloned())
+            .collect();
+        plan(node, desired, &owned, |id| {
+            inner.foreign.contains(id) || inner.instances.contains_key(id)
+        })
+    }
+
+    /// Replaces everything with a fresh registry listing (a snapshot). Known instances keep
+    /// their heartbeat slot; new ones are heartbeated at once.
+    pub fn replace(&self, listing: Listing) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let previous = std::mem::take(&mut inner.due_at);
+        inner.instances.clear();
+        inner.by_container.clear();
+        inner.schedule.clear();
+        inner.foreign = listing.foreign_ids;
+        for instance in listing.owned {
+            let at = previous.get(&instance.id).copied().unwrap_or(now);
+            inner.insert(instance, at);
+        }
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    /// Records a successful registration; its first heartbeat (which carries the output) is
+    /// due now.
+    pub fn registered(&self, instance: Instance) {
+        self.lock().insert(instance, Instant::now());
+        self.wake.notify_one();
+    }
+
+    /// Records a successful deregistration.
+    pub fn deregistered(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    /// Records a health report that reached the registry.
+    pub fn health_reported(&self, id: &str, health: Health) {
+        let now = Instant::now() + self.beat_every;
+        let mut inner = self.lock();
+        if let Some(i) = inner.instances.get_mut(id) {
+            i.health = health;
+            inner.schedule(id, now);
+        }
+    }
+
+    /// Forgets an instance the registry lost; returns its container so it can be reconciled
+    /// (and so registered again).
+    pub fn lost(&self, id: &str) -> Option<String> {
+        self.lock().remove(id).map(|i| i.origin.container_id)
+    }
+
+    /// The earliest heartbeat deadline.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.lock().schedule.first().map(|(at, _)| *at)
+    }
+
+    /// Takes every instance due at `now` and schedules its next beat.
+    pub fn take_due(&self, now: Instant) -> Vec<(String, Health)> {
+        let next = now + self.beat_every;
+        let mut inner = self.lock();
+        let mut due = Vec::new();
+        while let Some((at, id)) = inner.schedule.first().cloned() {
+            if at > now {
+                break;
+            }
+            inner.schedule(&id, next);
+            if let Some(i) = inner.instances.get(&id) {
+                due.push((id, i.health.clone()));
+            }
+        }
+        due
+    }
+
+    /// Resolves when a new deadline may be earlier than the one being waited for.
+    pub async fn changed(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Every container this node owns instances for.
+    pub fn containers(&self) -> Vec<String> {
+        self.lock().by_container.keys().cloned().collect()
+    }
+
+    /// Every owned instance id.
+    pub fn ids(&self) -> Vec<String> {
+        self.lock().instances.keys().cloned().collect()
+    }
+
+    /// Every owned instance.
+    pub fn instances(&self) -> Vec<Instance> {
+        self.lock().instances.values().cloned().collect()
+    }
+
+    /// Stores the notes of a container's latest evaluation; true when they changed (so they
+    /// are logged once, not on every resync).
+    pub fn set_notes(&self, container: &str, notes: Vec<Note>) -> bool {
+        let mut inner = self.lock();
+        if notes.is_empty() {
+            return inner.notes.remove(container).is_some();
+        }
+        if inner.notes.get(container) == Some(&notes) {
+            return false;
+        }
+        inner.notes.insert(container.to_owned(), notes);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use berth_registry::{Origin, Status};
+
+    fn inst(id: &str, container: &str) -> Instance {
+        Instance {
+            id: id.into(),
+            name: "svc".into(),
+            address: "10.0.0.1".into(),
+            port: 80,
+            tags: vec![],
+            meta: Default::default(),
+            origin: Origin {
+                node: "n".into(),
+                container_id: container.into(),
+                container_name: container.into(),
+                image: "img".into(),
+            },
+            health: Health::passing("ok"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_come_every_interval() {
+        let store = Store::new(Duration::from_secs(5));
+        store.registered(inst("a", "c1"));
+        let t0 = Instant::now();
+        assert_eq!(store.next_due(), Some(t0), "first beat is immediate");
+        assert_eq!(store.take_due(t0).len(), 1);
+        assert_eq!(store.next_due(), Some(t0 + Duration::from_secs(5)));
+        assert!(store.take_due(t0 + Duration::from_secs(4)).is_empty());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let due = store.take_due(Instant::now());
+        assert_eq!(due, vec![("a".to_owned(), Health::passing("ok"))]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deregistered_and_lost_instances_stop_beating() {
+        let store = Store::new(Duration::from_secs(5));
+        store.registered(inst("a", "c1"));
+        store.registered(inst("b", "c1"));
+        store.deregistered("a");
+        assert_eq!(store.lost("b"), Some("c1".to_owned()));
+        assert_eq!(store.lost("b"), None);
+        assert_eq!(store.next_due(), None);
+        assert!(store.containers().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn plan_for_a_container_sees_only_its_instances_and_guards_other_ids() {
+        let store = Store::new(Duration::from_secs(5));
+        store.registered(inst("a", "c1"));
+        store.registered(inst("b", "c2"));
+        // c1 no longer wants "a"; it wants "b", which c2 already registered.
+        let p = store.plan_container("n", "c1", &[inst("b", "c1")]);
+        assert_eq!(
+            p.ops,
+            vec![super::super::plan::Op::Deregister { id: "a".into() }]
+        );
+        assert_eq!(p.conflicts.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replace_keeps_slots_of_known_instances() {
+        let store = Store::new(Duration::from_secs(5));
+        store.registered(inst("a", "c1"));
+        store.take_due(Instant::now());
+        let slot = store.next_due().unwrap();
+        let mut listing = Listing::default();
+        listing.owned.push(inst("a", "c1"));
+        let mut fresh = inst("new", "c3");
+        fresh.health = Health {
+            status: Status::Critical,
+            output: String::new(),
+        };
+        listing.owned.push(fresh);
+        listing.foreign_ids.insert("theirs".into());
+        store.replace(listing);
+        assert_eq!(
+            store.next_due(),
+            Some(Instant::now()),
+            "new instance beats at once"
+        );
+        let due = store.take_due(Instant::now());
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0, "new");
+        assert_eq!(store.next_due(), Some(slot));
+        let p = store.plan_container("n", "c9", &[inst("theirs", "c9")]);
+        assert!(p.ops.is_empty() && p.conflicts.len() == 1);
+    }
+
+    #[test]
+    fn notes_are_reported_once() {
+        let store = Store::new(Duration::from_secs(5));
+        let n = vec![Note {
+            level: crate::labels::Level::Warn,
+            message: "bad".into(),
+        }];
+        assert!(store.set_notes("c", n.clone()));
+        assert!(!store.set_notes("c", n));
+        assert!(store.set_notes("c", vec![]));
+        assert!(!store.set_notes("c", vec![]));
+    }
+}

@@ -1,0 +1,196 @@
+//! The HTTP layer: one shared client, URL building, and what a failed request was, before it
+//! is classified into a [`RegistryError`].
+
+use std::sync::Arc;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::StatusCode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::RegistryError;
+
+/// Everything but RFC 3986's unreserved characters is escaped in a path segment, so `:`, `/`,
+/// `?`, `#` and `%` in an id reach Consul intact.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Longest part of an error body kept in a message.
+const MAX_BODY_CHARS: usize = 512;
+
+/// A failed request to Consul.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ApiError {
+    #[error("cannot reach consul")]
+    Connect(#[source] reqwest::Error),
+    #[error("consul did not answer in time")]
+    Timeout(#[source] reqwest::Error),
+    /// Named apart because certificates, not the network, are the usual cause.
+    #[error("TLS with consul failed: {detail}")]
+    Tls {
+        detail: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("request to consul failed")]
+    Transport(#[source] reqwest::Error),
+    #[error("consul answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+    #[error("consul's answer is not the expected JSON")]
+    Decode(#[source] serde_json::Error),
+}
+
+impl ApiError {
+    fn transport(e: reqwest::Error) -> Self {
+        if let Some(tls) = rustls_error(&e) {
+            ApiError::Tls {
+                detail: tls.to_string(),
+                source: e,
+            }
+        } else if e.is_timeout() {
+            ApiError::Timeout(e)
+        } else if e.is_connect() {
+            ApiError::Connect(e)
+        } else {
+            ApiError::Transport(e)
+        }
+    }
+
+    pub(super) fn status(&self) -> Option<StatusCode> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Classifies by status code and error type: refusals (4xx) will not change on retry,
+    /// everything else (transport errors, 5xx, 429, garbled answers) may.
+    ///
+    /// `what` names the operation, e.g. `register of web-1`.
+    pub(super) fn into_registry(self, what: &str) -> RegistryError {
+        let what = what.to_owned();
+        // The message states what failed; the source carries the transport details.
+        let message = format!("{what}: {self}");
+        match self {
+            ApiError::Status { status, body }
+                if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED =>
+            {
+                RegistryError::Rejected {
+                    what,
+                    message: format!(
+                        "ACL denied ({status}); check the consul token and its policy: {body}"
+                    ),
+                }
+            }
+            ApiError::Status { status, body }
+                if status.is_client_error()
+                    && status != StatusCode::TOO_MANY_REQUESTS
+                    && status != StatusCode::REQUEST_TIMEOUT =>
+            {
+                RegistryError::Rejected {
+                    what,
+                    message: format!("consul answered {status}: {body}"),
+                }
+            }
+            ApiError::Status { .. } => RegistryError::Unavailable {
+                message,
+                source: None,
+            },
+            ApiError::Connect(e)
+            | ApiError::Timeout(e)
+            | ApiError::Transport(e)
+            | ApiError::Tls { source: e, .. } => RegistryError::Unavailable {
+                message,
+                source: Some(Box::new(e)),
+            },
+            ApiError::Decode(e) => RegistryError::Unavailable {
+                message,
+                source: Some(Box::new(e)),
+            },
+        }
+    }
+}
+
+/// The rustls error behind a failed request, if any. tokio-rustls and hyper wrap it in
+/// (nested) `io::Error`s, whose `source()` skips the wrapped error, so those are opened by hand.
+fn rustls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
+
+/// The local agent's HTTP API.
+#[derive(Clone)]
+pub(super) struct Agent {
+    /// Shares its connection pool between clones.
+    client: reqwest::Client,
+    base: Arc<str>,
+}
+
+impl Agent {
+    pub(super) fn new(client: reqwest::Client, base: String) -> Self {
+        Agent {
+            client,
+            base: base.into(),
+        }
+    }
+
+    pub(super) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `base` + `path` + the escaped `segment` + `query`.
+    pub(super) fn url(&self, path: &str, segment: &str, query: &str) -> String {
+        format!(
+            "{}{path}{}{query}",
+            self.base,
+            utf8_percent_encode(segment, SEGMENT)
+        )
+    }
+
+    pub(super) async fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, ApiError> {
+        let resp = Self::check(self.client.get(url).send().await).await?;
+        let body = resp.bytes().await.map_err(ApiError::transport)?;
+        serde_json::from_slice(&body).map_err(ApiError::Decode)
+    }
+
+    pub(super) async fn put<B: Serialize + ?Sized>(
+        &self,
+        url: &str,
+        body: Option<&B>,
+    ) -> Result<(), ApiError> {
+        let mut req = self.client.put(url);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        Self::check(req.send().await).await.map(drop)
+    }
+
+    async fn check(
+        sent: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<reqwest::Response, ApiError> {
+        let resp = sent.map_err(ApiError::transport)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        // The body only explains the status; failing to read it changes nothing.
+        let body = resp.text().await.unwrap_or_default();
+        let body: String = body.trim().chars().take(MAX_BODY_CHARS).collect();
+        Err(ApiError::Status { status, body })
+    }
+}

@@ -1,0 +1,714 @@
+//! The Consul backend against a real `consul agent -dev`, one per test.
+//!
+//! Every test checks what Consul itself shows (`/v1/health/service`, `/v1/agent/checks`, …),
+//! not only what berth's client reads back. The harness is blocking, so tests are plain
+//! `#[test]`s that drive the async client on a runtime of their own.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_e2e::consul::ConsulServer;
+use berth_e2e::{free_port, wait_for};
+use berth_registry::consul::{ConsulConfig, ConsulRegistry};
+use berth_registry::{
+    Health, Instance, META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_MANAGED, META_NODE,
+    Origin, RegistryError, Status,
+};
+use serde_json::{Value, json};
+
+const NODE: &str = "node1";
+
+/// A runtime that keeps driving the client's connections between `block_on`s, as the agent's
+/// does.
+struct Rt(tokio::runtime::Runtime);
+
+impl Rt {
+    fn new() -> Rt {
+        Rt(tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap())
+    }
+
+    fn run<F: Future>(&self, f: F) -> F::Output {
+        self.0.block_on(f)
+    }
+}
+
+fn config(addr: &str) -> ConsulConfig {
+    berth_e2e::crypto();
+    ConsulConfig {
+        addr: addr.to_owned(),
+        ..ConsulConfig::default()
+    }
+}
+
+fn registry(consul: &ConsulServer) -> ConsulRegistry {
+    ConsulRegistry::new(config(&consul.addr())).unwrap()
+}
+
+fn instance(id: &str, name: &str, health: Health) -> Instance {
+    Instance {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        address: "10.0.0.7".to_owned(),
+        port: 32768,
+        tags: vec!["http".to_owned(), "v1".to_owned()],
+        meta: BTreeMap::from([("region".to_owned(), "eu".to_owned())]),
+        origin: Origin {
+            node: NODE.to_owned(),
+            container_id: format!("c0ffee-{id}"),
+            container_name: format!("{name}-1"),
+            image: "nginx:1.27".to_owned(),
+        },
+        health,
+    }
+}
+
+/// The agent's check `service:<id>`, if any.
+fn agent_check(consul: &ConsulServer, id: &str) -> Option<Value> {
+    consul
+        .get("/v1/agent/checks")?
+        .get(format!("service:{id}"))
+        .cloned()
+}
+
+/// The `/v1/health/service/<name>` entries, once Consul's catalog holds `count` of them (the
+/// health API reads the catalog, which the agent fills asynchronously).
+fn health_entries(consul: &ConsulServer, name: &str, count: usize) -> Vec<Value> {
+    wait_for(
+        &format!("{count} catalog entries of {name}"),
+        Duration::from_secs(10),
+        || {
+            let entries = consul.health(name);
+            (entries.len() == count).then_some(entries)
+        },
+    )
+}
+
+fn service_check<'a>(entry: &'a Value, id: &str) -> &'a Value {
+    entry["Checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["CheckID"] == format!("service:{id}"))
+        .unwrap_or_else(|| panic!("no check service:{id} in {entry:#}"))
+}
+
+#[test]
+fn register_shows_the_instance_and_its_ttl_check_in_consul() {
+    let consul = ConsulServer::start();
+    let reg = registry(&consul);
+    let rt = Rt::new();
+    let web = instance("node1:web:80", "web", Health::passing("ok"));
+
+    rt.run(reg.register(&web)).unwrap();
+
+    let entries = health_entries(&consul, "web", 1);
+    let service = &entries[0]["Service"];
+    assert_eq!(service["ID"], "node1:web:80");
+    assert_eq!(service["Address"], "10.0.0.7");
+    assert_eq!(service["Port"], 32768);
+    assert_eq!(service["Tags"], json!(["http", "v1"]));
+    assert_eq!(service["EnableTagOverride"], false);
+    assert_eq!(
+        service["Meta"],
+        json!({
+            META_MANAGED: "true",
+            META_NODE: NODE,
+            META_CONTAINER_ID: "c0ffee-node1:web:80",
+            META_CONTAINER_NAME: "web-1",
+            META_IMAGE: "nginx:1.27",
+            "region": "eu",
+        })
+    );
+
+    let check = service_check(&entries[0], "node1:web:80");
+    assert_eq!(check["Status"], "passing");
+    assert_eq!(check["Name"], "berth TTL heartbeat");
+    assert_eq!(check["ServiceID"], "node1:web:80");
+    // 1.8.7 does not show a TTL check's TTL anywhere; the notes carry it, and
+    // `an_unrefreshed_ttl_turns_critical` checks that it is the TTL in force.
+    assert_eq!(
+        check["Notes"],
+        "Kept alive by the berth agent on node node1 for container web-1; turns critical when \
+         berth stops heartbeating (TTL 15s) and is removed after 1m critical."
+    );
+    assert_eq!(agent_check(&consul, "node1:web:80").unwrap()["Type"], "ttl");
+    assert_eq!(reg.describe(), format!("consul agent at {}", consul.addr()));
+}
+
+#[test]
+fn registering_again_is_idempotent_and_keeps_the_check_status() {
+    let consul = ConsulServer::start();
+    let reg = registry(&consul);
+    let rt = Rt::new();
+    let web = instance("node1:web:80", "web", Health::passing("ok"));
+
+    rt.run(reg.register(&web)).unwrap();
+    rt.run(reg.heartbeat(&web.id, &Health::critical("down")))
+        .unwrap();
+    rt.run(reg.register(&web)).unwrap();
+
+    assert_eq!(health_entries(&consul, "web", 1).len(), 1);
+    let services = consul.get("/v1/agent/services").unwrap();
+    assert_eq!(services.as_object().unwrap().len(), 1, "{services:#}");
+    // Consul 1.8.7 keeps an existing check's status on re-registration: health is the
+    // heartbeat's business, never the registration's.
+    assert_eq!(agent_check(&consul, &web.id).unwrap()["Status"], "critical");
+}
+
+#[test]
+fn register_with_critical_health_starts_critical() {
+    let consul = ConsulServer::start();
+    let reg = registry(&consul);
+    let rt = Rt::new();
+    let web = instance("node1:web:80", "web", Health::critical("probe failed"));
+
+    rt.run(reg.register(&web)).unwrap();
+
+    assert_eq!(agent_check(&consul, &web.id).unwrap()["Status"], "critical");
+    let entries = health_entries(&consul, "web", 1);
+    assert_eq!(service_check(&entries[0], &web.id)["Status"], "critical");
+}
+
+#[test]
+fn heartbeat_sets_status_and_output() {
+    let consul = ConsulServer::start();
+    let reg = registry(&consul);
+    let rt = Rt::new();
+    let web = instance("node1:web:80", "web", Health::passing("ok"));
+    rt.run(reg.register(&web)).unwrap();
+
+    let slow = Health {
+        status: Status::Warning,
+        output: "HTTP GET /health: 2.1s".to_owned(),
+    };
+    rt.run(reg.heartbeat(&web.id, &slow)).unwrap();
+    let check = agent_check(&consul, &web.id).unwrap();
+    assert_eq!(
+        (check["Status"].as_str(), check["Output"].as_str()),
+        (Some("warning"), Some("HTTP GET /health: 2.1s"))
+    );
+
+    // Output is capped at 4096 bytes without splitting a character.
+    let long = format!("x{}", "é".repeat(3000));
+    rt.run(reg.heartbeat(&web.id, &Health::critical(long.clone())))
+        .unwrap();
+    let check = agent_check(&consul, &web.id).unwrap();
+    assert_eq!(check["Status"], "critical");
+    let output = check["Output"].as_str().unwrap();
+    assert_eq!(output.len(), 4095);
+    assert!(long.starts_with(output));
+}
+
+#[test]
+fn deregister_removes_the_instance_and_is_idempotent() {
+    let consul = ConsulServer::start();
+    let reg = registry(&consul);
+    let rt = Rt::new();
+    // Characters that must be escaped in the URL path.
+    let odd = instance("node1:odd name/x?y#z%:80", "odd", Health::passing("ok"));
+    rt.run(reg.register(&odd)).unwrap();
+    assert!(agent_check(&consul, &odd.id).is_some());
+
+    rt.run(reg.deregister(&odd.id)).unwrap();
+
+    let services = consul.get("/v1/agent/services").unwrap();
+    assert!(services.get(&odd.id).is_none(), "{services:#}");
+    assert!(agent_check(&consul, &odd.id).is_none());
+    health_entries(&consul, "odd", 0);
+    rt.run(reg.deregister(&odd.id)).unwrap();
+    rt.run(reg.deregister("node1:never-registered:1")).unwrap();
+}
+
+#[test]
+fn list_splits_owned_from_foreign_and_reads_health() {
+    let consul = ConsulServer::start();
+    let reg = registry(&consul);
+    let rt = Rt::new();
+
+    let api = instance("node1:api:8080", "api", Health::passing("ok"));
+    let db = instance("node1:db:5432", "db", Health::passing("ok"));
+    rt.run(reg.register(&api)).unwrap();
+    rt.run(reg.register(&db)).unwrap();
+    rt.run(reg.heartbeat(&db.id, &Health::critical("connection refused")))
+        .unwrap();
+
+    // Another tool's service, another node's berth instance, an unmarked look-alike, and one of
+    // ours whose check is gone.
+    consul.put(
+        "/v1/agent/service/register",
+        &json!({"ID": "redis-1", "Name": "redis", "Port": 6379}),
+    );
+    let node2 = instance("node2:web:80", "web", Health::passing("ok"));
+    let mut node2_meta = node2.registry_meta();
+    node2_meta.insert(META_NODE.to_owned(), "node2".to_owned());
+    consul.put(
+        "/v1/agent/service/register",
+        &json!({"ID": node2.id, "Name": "web", "Port": 80, "Meta": node2_meta}),
+    );
+    consul.put(
+        "/v1/agent/service/register",
+        &json!({"ID": "node1:fake:1", "Name": "fake", "Port": 1,
+                "Meta": {META_NODE: NODE, META_MANAGED: "false"}}),
+    );
+    let bare = instance("node1:bare:9000", "bare", Health::passing("ok"));
+    consul.put(
+        "/v1/agent/service/register",
+        &json!({"ID": bare.id, "Name": "bare", "Address": bare.address, "Port": bare.port,
+                "Tags": bare.tags, "Meta": bare.registry_meta()}),
+    );
+
+    let listing = rt.run(reg.list(NODE)).unwrap();
+
+    let owned: BTreeMap<&str, &Instance> =
+        listing.owned.iter().map(|i| (i.id.as_str(), i)).collect();
+    assert_eq!(
+        owned.keys().copied().collect::<Vec<_>>(),
+        ["node1:api:8080", "node1:bare:9000", "node1:db:5432"]
+    );
+    for expected in [&api, &db, &bare] {
+        assert!(
+            owned[expected.id.as_str()].same_registration(expected),
+            "{:#?} != {expected:#?}",
+            owned[expected.id.as_str()]
+        );
+    }
+    // Registered passing, never heartbeated: no output yet.
+    assert_eq!(owned["node1:api:8080"].health, Health::passing(""));
+    assert_eq!(
+        owned["node1:db:5432"].health,
+        Health::critical("connection refused")
+    );
+    assert_eq!(owned["node1:bare:9000"].health.status, Status::Critical);
+
+    for foreign in ["redis-1", "node2:web:80", "node1:fake:1"] {
+        assert!(
+            listing.foreign_ids.contains(foreign),
+            "{foreign} not in {:?}",
+            listing.foreign_ids
+        );
+    }
+    assert!(owned.keys().all(|id| !listing.foreign_ids.contains(*id)));
+
+    // Another node sees all of these as foreign.
+    let other = rt.run(reg.list("node2")).unwrap();
+    assert_eq!(other.owned.len(), 1);
+    assert_eq!(other.owned[0].id, "node2:web:80");
+    assert!(other.foreign_ids.contains("node1:api:8080"));
+}
+
+#[test]
+fn heartbeat_after_a_consul_restart_is_not_found() {
+    let mut consul = ConsulServer::start();
+    let reg = registry(&consul);
+    let rt = Rt::new();
+    let web = instance("node1:web:80", "web", Health::passing("ok"));
+    rt.run(reg.register(&web)).unwrap();
+    rt.run(reg.heartbeat(&web.id, &Health::passing("ok")))
+        .unwrap();
+
+    consul.restart();
+
+    let err = rt
+        .run(reg.heartbeat(&web.id, &Health::passing("ok")))
+        .unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::NotFound { id } if id == &web.id),
+        "{err:?}"
+    );
+    // What the reconciler does next.
+    rt.run(reg.register(&web)).unwrap();
+    rt.run(reg.heartbeat(&web.id, &Health::passing("back")))
+        .unwrap();
+    assert_eq!(agent_check(&consul, &web.id).unwrap()["Output"], "back");
+}
+
+#[test]
+fn an_unrefreshed_ttl_turns_critical() {
+    let consul = ConsulServer::start();
+    let reg = ConsulRegistry::new(ConsulConfig {
+        ttl: Duration::from_secs(1),
+        ..config(&consul.addr())
+    })
+    .unwrap();
+    let rt = Rt::new();
+    let web = instance("node1:web:80", "web", Health::passing("ok"));
+    rt.run(reg.register(&web)).unwrap();
+    let check = agent_check(&consul, &web.id).unwrap();
+    assert!(
+        check["Notes"].as_str().unwrap().contains("(TTL 1s)"),
+        "{check:#}"
+    );
+
+    // Heartbeats keep it passing past its TTL …
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        rt.run(reg.heartbeat(&web.id, &Health::passing("ok")))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(agent_check(&consul, &web.id).unwrap()["Status"], "passing");
+
+    // … and without them it turns critical.
+    let check = wait_for("the TTL to expire", Duration::from_secs(5), || {
+        agent_check(&consul, &web.id).filter(|c| c["Status"] == "critical")
+    });
+    assert!(
+        check["Output"].as_str().unwrap().contains("TTL expired"),
+        "{check:#}"
+    );
+}
+
+#[test]
+fn an_ipv6_address_round_trips() {
+    let consul = ConsulServer::start();
+    let reg = registry(&consul);
+    let rt = Rt::new();
+    let web = Instance {
+        address: "fd00:dead:beef::7".to_owned(),
+        ..instance("node1:web6:80", "web6", Health::passing("ok"))
+    };
+    rt.run(reg.register(&web)).unwrap();
+
+    let entries = health_entries(&consul, "web6", 1);
+    assert_eq!(entries[0]["Service"]["Address"], "fd00:dead:beef::7");
+    let listing = rt.run(reg.list(NODE)).unwrap();
+    assert_eq!(listing.owned.len(), 1);
+    assert!(listing.owned[0].same_registration(&web));
+    let found = rt.run(reg.lookup("web6", false)).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].address, "fd00:dead:beef::7");
+}
+
+fn assert_unavailable_within(limit: Duration, what: &str, call: impl FnOnce() -> RegistryError) {
+    let start = Instant::now();
+    let err = call();
+    let took = start.elapsed();
+    assert!(
+        matches!(err, RegistryError::Unavailable { .. }) && err.is_transient(),
+        "{what}: {err:?}"
+    );
+    assert!(took < limit, "{what} took {took:?}");
+}
+
+#[test]
+fn a_consul_that_is_down_is_unavailable_within_the_request_timeout() {
+    let mut consul = ConsulServer::start();
+    let timeout = Duration::from_millis(800);
+    let reg = ConsulRegistry::new(ConsulConfig {
+        request_timeout: timeout,
+        ..config(&consul.addr())
+    })
+    .unwrap();
+    let rt = Rt::new();
+    let web = instance("node1:web:80", "web", Health::passing("ok"));
+    rt.run(reg.register(&web)).unwrap();
+
+    consul.stop();
+    let limit = timeout + Duration::from_millis(500);
+    assert_unavailable_within(limit, "heartbeat", || {
+        rt.run(reg.heartbeat(&web.id, &Health::passing("ok")))
+            .unwrap_err()
+    });
+    assert_unavailable_within(limit, "register", || {
+        rt.run(reg.register(&web)).unwrap_err()
+    });
+    assert_unavailable_within(limit, "deregister", || {
+        rt.run(reg.deregister(&web.id)).unwrap_err()
+    });
+    assert_unavailable_within(limit, "list", || rt.run(reg.list(NODE)).unwrap_err());
+
+    // A Consul that accepts connections but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung = ConsulRegistry::new(ConsulConfig {
+        request_timeout: timeout,
+        ..config(&silent.local_addr().unwrap().to_string())
+    })
+    .unwrap();
+    let start = Instant::now();
+    assert_unavailable_within(limit, "heartbeat to a silent server", || {
+        rt.run(hung.heartbeat(&web.id, &Health::passing("ok")))
+            .unwrap_err()
+    });
+    assert!(start.elapsed() >= timeout - Duration::from_millis(100));
+}
+
+#[test]
+fn lookup_reads_health_cluster_wide_and_filters_passing() {
+    let consul = ConsulServer::start();
+    let reg = registry(&consul);
+    let rt = Rt::new();
+    // Starts critical so the heartbeat changes its status: the agent syncs an output-only
+    // change to the catalog lazily (`check_update_interval`, 5 minutes by default).
+    let good = instance("node1:api:8080", "api", Health::critical("starting"));
+    let bad = Instance {
+        port: 32769,
+        ..instance("node1:api:8081", "api", Health::critical("down"))
+    };
+    rt.run(reg.register(&good)).unwrap();
+    rt.run(reg.register(&bad)).unwrap();
+    rt.run(reg.heartbeat(&good.id, &Health::passing("200 OK")))
+        .unwrap();
+    consul.put(
+        "/v1/agent/service/register",
+        &json!({"ID": "api-by-hand", "Name": "api", "Port": 1}),
+    );
+    health_entries(&consul, "api", 3);
+    wait_for(
+        "the heartbeat output in the catalog",
+        Duration::from_secs(10),
+        || {
+            let entries = consul.health("api");
+            let entry = entries
+                .iter()
+                .find(|e| e["Service"]["ID"] == good.id.as_str())?;
+            (service_check(entry, &good.id)["Output"] == "200 OK").then_some(())
+        },
+    );
+
+    let mut all = rt.run(reg.lookup("api", false)).unwrap();
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(all.len(), 2, "only berth's instances: {all:#?}");
+    assert!(all[0].same_registration(&good) && all[1].same_registration(&bad));
+    assert_eq!(all[0].health, Health::passing("200 OK"));
+    assert_eq!(all[1].health.status, Status::Critical);
+
+    let passing = rt.run(reg.lookup("api", true)).unwrap();
+    assert_eq!(passing.len(), 1);
+    assert_eq!(passing[0].id, good.id);
+
+    assert!(
+        rt.run(reg.lookup("nothing-here", false))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A dev agent with extra configuration the shared harness does not offer (ACLs, TLS).
+struct CustomConsul {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl CustomConsul {
+    /// Starts an agent in `dir` whose API listens on `port` (`http` or `https` as `scheme`
+    /// says), with `hcl` added to its configuration.
+    fn start(dir: PathBuf, scheme: &str, hcl: &str) -> CustomConsul {
+        let port = free_port();
+        let (http, https) = if scheme == "https" {
+            (-1, i32::from(port))
+        } else {
+            (i32::from(port), -1)
+        };
+        let ports = format!(
+            "ports {{ http = {http} https = {https} dns = {} serf_lan = {} serf_wan = {} \
+             server = {} grpc = {} }}",
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port()
+        );
+        let log = std::fs::File::create(dir.join("consul.log")).unwrap();
+        let child = Command::new("consul")
+            .args([
+                "agent",
+                "-dev",
+                "-client",
+                "127.0.0.1",
+                "-bind",
+                "127.0.0.1",
+            ])
+            .args(["-node", &format!("custom-{port}")])
+            .args(["-hcl", &ports, "-hcl", hcl])
+            .current_dir(&dir)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start consul");
+        CustomConsul {
+            child: Some(child),
+            port,
+            dir,
+        }
+    }
+
+    fn addr(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits until `reg` can list the agent.
+    fn wait_ready(&self, rt: &Rt, reg: &ConsulRegistry) {
+        let start = Instant::now();
+        while let Err(e) = rt.run(reg.list(NODE)) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "consul did not come up: {e:?}\n{}",
+                std::fs::read_to_string(self.dir.join("consul.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for CustomConsul {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("berth-{name}-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn with_acls_the_token_is_sent_and_denials_are_rejected() {
+    let consul = CustomConsul::start(
+        temp_dir("consul-acl"),
+        "http",
+        r#"acl { enabled = true default_policy = "deny" tokens { master = "berth-root" } }"#,
+    );
+    let rt = Rt::new();
+    let reg = ConsulRegistry::new(ConsulConfig {
+        token: Some("berth-root".to_owned()),
+        ..config(&consul.addr("http"))
+    })
+    .unwrap();
+    assert!(!format!("{reg:?}").contains("berth-root"));
+    consul.wait_ready(&rt, &reg);
+    let web = instance("node1:web:80", "web", Health::passing("ok"));
+
+    // Without a token: denied, and not worth retrying.
+    let anonymous = ConsulRegistry::new(config(&consul.addr("http"))).unwrap();
+    let err = rt.run(anonymous.register(&web)).unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::Rejected { message, .. } if message.contains("ACL")),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    let wrong = ConsulRegistry::new(ConsulConfig {
+        token: Some("not-a-token".to_owned()),
+        ..config(&consul.addr("http"))
+    })
+    .unwrap();
+    let err = rt.run(wrong.list(NODE)).unwrap_err();
+    assert!(matches!(err, RegistryError::Rejected { .. }), "{err:?}");
+
+    // With it: the whole life cycle, including the answers 1.8.7 gives only with ACLs on
+    // (500 for an unknown check or service).
+    rt.run(reg.register(&web)).unwrap();
+    rt.run(reg.heartbeat(&web.id, &Health::passing("ok")))
+        .unwrap();
+    assert_eq!(rt.run(reg.list(NODE)).unwrap().owned.len(), 1);
+    rt.run(reg.deregister(&web.id)).unwrap();
+    rt.run(reg.deregister(&web.id)).unwrap();
+    let err = rt
+        .run(reg.heartbeat(&web.id, &Health::passing("ok")))
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err:?}");
+}
+
+/// Makes a CA, a server certificate (for 127.0.0.1) and a client certificate in `dir` with
+/// `consul tls`.
+fn make_certs(dir: &Path) {
+    for args in [
+        &["tls", "ca", "create"][..],
+        &["tls", "cert", "create", "-server", "-dc", "dc1"],
+        &["tls", "cert", "create", "-client", "-dc", "dc1"],
+    ] {
+        let out = Command::new("consul")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "consul {args:?}: {out:?}");
+    }
+}
+
+#[test]
+fn tls_with_a_private_ca_and_a_client_certificate() {
+    let dir = temp_dir("consul-tls");
+    make_certs(&dir);
+    let file = |name: &str| dir.join(name);
+    let hcl = format!(
+        r#"ca_file = "{}" cert_file = "{}" key_file = "{}" verify_incoming_https = true"#,
+        file("consul-agent-ca.pem").display(),
+        file("dc1-server-consul-0.pem").display(),
+        file("dc1-server-consul-0-key.pem").display(),
+    );
+    let consul = CustomConsul::start(dir.clone(), "https", &hcl);
+    let rt = Rt::new();
+    let tls = ConsulConfig {
+        ca_cert: Some(file("consul-agent-ca.pem")),
+        client_cert: Some(file("dc1-client-consul-0.pem")),
+        client_key: Some(file("dc1-client-consul-0-key.pem")),
+        request_timeout: Duration::from_secs(2),
+        ..config(&consul.addr("https"))
+    };
+    let reg = ConsulRegistry::new(tls.clone()).unwrap();
+    consul.wait_ready(&rt, &reg);
+
+    let web = instance("node1:web:80", "web", Health::passing("ok"));
+    rt.run(reg.register(&web)).unwrap();
+    rt.run(reg.heartbeat(&web.id, &Health::passing("over tls")))
+        .unwrap();
+    let listing = rt.run(reg.list(NODE)).unwrap();
+    assert_eq!(listing.owned[0].health, Health::passing("over tls"));
+
+    // The agent demands a client certificate …
+    let no_identity = ConsulRegistry::new(ConsulConfig {
+        client_cert: None,
+        client_key: None,
+        ..tls.clone()
+    })
+    .unwrap();
+    let err = rt.run(no_identity.list(NODE)).unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::Unavailable { message, .. } if message.contains("TLS")),
+        "{err:?}"
+    );
+    // … and the system roots do not know the private CA …
+    let no_ca = ConsulRegistry::new(ConsulConfig {
+        ca_cert: None,
+        ..tls.clone()
+    })
+    .unwrap();
+    let err = rt.run(no_ca.list(NODE)).unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::Unavailable { message, .. } if message.contains("TLS")),
+        "{err:?}"
+    );
+    // … unless verification is off.
+    let unverified = ConsulRegistry::new(ConsulConfig {
+        ca_cert: None,
+        tls_skip_verify: true,
+        ..tls.clone()
+    })
+    .unwrap();
+    assert_eq!(rt.run(unverified.list(NODE)).unwrap().owned.len(), 1);
+
+    // A key that is not a key is reported by file name when the registry is built.
+    let bad_key = ConsulRegistry::new(ConsulConfig {
+        client_key: Some(file("consul-agent-ca.pem")),
+        ..tls
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&bad_key, RegistryError::Config(m) if m.contains("consul-agent-ca.pem")),
+        "{bad_key:?}"
+    );
+}
