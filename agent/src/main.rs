@@ -24,6 +24,10 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
         Err(e) => {
             let first = e.to_string();
             let line = first.lines().next().unwrap_or("invalid arguments");

@@ -1,0 +1,261 @@
+//! In-process agent tests: the real Docker engine, the in-memory registry.
+//!
+//! These prove the reconcile path without Consul: a burst of containers started at once is
+//! registered completely and removed completely, a resync that finds nothing changed writes
+//! nothing, startup removes stale entries and nothing else, and registry outages and losses
+//! are repaired. The same behaviours against real Consul are in `tests/tests/`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use berth::app::App;
+use berth::config::{Cli, Command, Config};
+use berth_e2e::docker::{self, Container};
+use berth_registry::memory::{Entry, MemoryRegistry};
+use berth_registry::{Health, Instance, Origin, Registry};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const BURST: usize = 40;
+
+fn config(node: &str) -> Config {
+    let argv = [
+        "berth",
+        "run",
+        "--node-name",
+        node,
+        "--host-ip",
+        "127.0.0.1",
+        "--resync",
+        "1s",
+        "--ttl",
+        "3s",
+    ];
+    let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command;
+    Config::load(&args, &HashMap::<String, String>::new()).unwrap()
+}
+
+/// A running in-process agent; cancelled and drained by [`Running::stop`].
+struct Running {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+async fn start(node: &str, memory: &MemoryRegistry) -> Running {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let app = App::with_registry(config(node), Registry::Memory(memory.clone()), &cancel)
+        .await
+        .unwrap();
+    app.spawn(&tracker, cancel.clone());
+    tracker.close();
+    Running { cancel, tracker }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
+            .await
+            .expect("tasks drain after cancel");
+    }
+}
+
+fn named(m: &MemoryRegistry, name: &str) -> Vec<Instance> {
+    m.instances()
+        .into_iter()
+        .filter(|i| i.name == name)
+        .collect()
+}
+
+async fn httpd(test: &'static str, service: &str) -> Container {
+    let label = format!("SERVICE_NAME={service}");
+    tokio::task::spawn_blocking(move || Container::httpd(test, &["-l", label.as_str(), "-p", "80"]))
+        .await
+        .unwrap()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_containers_is_registered_completely_and_removed_completely() {
+    let test = "burst";
+    let service = docker::unique_name(test);
+    let node = format!("node-{service}");
+    let memory = MemoryRegistry::new();
+    let agent = start(&node, &memory).await;
+
+    // Start every container at once, from parallel threads.
+    let label = format!("SERVICE_NAME={service}");
+    let containers: Vec<Container> = tokio::task::spawn_blocking(move || {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..BURST)
+                .map(|_| s.spawn(|| Container::httpd(test, &["-l", label.as_str(), "-p", "80"])))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    })
+    .await
+    .unwrap();
+
+    let ours = |m: &MemoryRegistry| named(m, &service);
+    wait_until(
+        "every container registered",
+        Duration::from_secs(60),
+        || ours(&memory).len() == BURST,
+    )
+    .await;
+
+    let instances = ours(&memory);
+    let ids: BTreeSet<_> = instances.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(ids.len(), BURST, "ids are unique");
+    let expected: BTreeSet<(String, u16)> = containers
+        .iter()
+        .map(|c| (format!("{node}:{}:80", c.name), c.host_port(80)))
+        .collect();
+    let got: BTreeSet<(String, u16)> = instances.iter().map(|i| (i.id.clone(), i.port)).collect();
+    assert_eq!(
+        got, expected,
+        "each container registered with its published port"
+    );
+    assert!(
+        instances
+            .iter()
+            .all(|i| i.address == "127.0.0.1" && i.origin.node == node)
+    );
+
+    // Several resyncs (every 1 s) with nothing changed write nothing.
+    let before = memory.writes();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let after = memory.writes();
+    assert_eq!(
+        after.registers, before.registers,
+        "no register call when nothing changed"
+    );
+    assert_eq!(after.deregisters, before.deregisters);
+    assert!(
+        after.heartbeats > before.heartbeats,
+        "heartbeats keep flowing"
+    );
+
+    tokio::task::spawn_blocking(move || {
+        std::thread::scope(|s| {
+            for mut c in containers {
+                s.spawn(move || c.rm());
+            }
+        })
+    })
+    .await
+    .unwrap();
+    wait_until(
+        "every registration removed",
+        Duration::from_secs(60),
+        || ours(&memory).is_empty(),
+    )
+    .await;
+
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_removes_stale_entries_of_this_node_only() {
+    let test = "stale";
+    let service = docker::unique_name(test);
+    let node = format!("node-{service}");
+    let memory = MemoryRegistry::new();
+    let c = httpd(test, &service).await;
+
+    // Left by an earlier run: a container that no longer exists, plus the live one's entry.
+    let stale = Instance {
+        id: format!("{node}:gone:80"),
+        name: service.clone(),
+        address: "127.0.0.1".into(),
+        port: 1,
+        tags: vec![],
+        meta: Default::default(),
+        origin: Origin {
+            node: node.clone(),
+            container_id: "0".repeat(64),
+            container_name: "gone".into(),
+            image: "x".into(),
+        },
+        health: Health::passing("old"),
+    };
+    let mut other_node = stale.clone();
+    other_node.id = "elsewhere:gone:80".into();
+    other_node.origin.node = "elsewhere".into();
+    memory.insert_instance(stale.clone());
+    memory.insert_instance(other_node.clone());
+    memory.insert_foreign("someone-elses-service");
+
+    let agent = start(&node, &memory).await;
+    let live_id = format!("{node}:{}:80", c.name);
+    wait_until(
+        "stale removed and live registered",
+        Duration::from_secs(20),
+        || memory.get(&stale.id).is_none() && memory.get(&live_id).is_some(),
+    )
+    .await;
+    assert_eq!(
+        memory.get(&other_node.id),
+        Some(Entry::Berth(other_node.clone())),
+        "another node's entry is untouched"
+    );
+    assert_eq!(
+        memory.get("someone-elses-service"),
+        Some(Entry::Foreign),
+        "a foreign entry is untouched"
+    );
+    assert_eq!(
+        named(&memory, &service).len(),
+        2,
+        "the live instance plus the other node's"
+    );
+    agent.stop().await;
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_outage_and_a_registry_that_forgets_are_repaired() {
+    let test = "outage";
+    let service = docker::unique_name(test);
+    let node = format!("node-{service}");
+    let memory = MemoryRegistry::new();
+    let agent = start(&node, &memory).await;
+
+    // Down while the container starts: the write fails and is retried with backoff.
+    memory.set_unavailable(true);
+    let c = httpd(test, &service).await;
+    let id = format!("{node}:{}:80", c.name);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(memory.get(&id).is_none());
+    memory.set_unavailable(false);
+    wait_until(
+        "registered after the outage",
+        Duration::from_secs(30),
+        || memory.get(&id).is_some(),
+    )
+    .await;
+
+    // The registry forgets everything (a Consul dev agent restart): the next heartbeat
+    // notices and the container is registered again.
+    memory.clear();
+    wait_until(
+        "registered again after the registry forgot it",
+        Duration::from_secs(20),
+        || memory.get(&id).is_some(),
+    )
+    .await;
+    assert_eq!(named(&memory, &service).len(), 1);
+    agent.stop().await;
+    drop(c);
+}
