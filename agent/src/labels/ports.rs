@@ -1,0 +1,185 @@
+//! Which container ports can register, and at which address and port clients reach them.
+//!
+//! Three modes, chosen per container:
+//! - host network: exposed ports at the host address (no bindings exist);
+//! - `--internal`: exposed and bound ports at the container's IP on one chosen network;
+//! - default: published bindings at the host address (or the binding's own host IP).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::docker::view::{ContainerView, PortProto};
+
+use super::keys::Raw;
+use super::{Notes, Settings};
+
+/// Where clients reach one container port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Endpoint {
+    pub address: String,
+    pub port: u16,
+}
+
+/// Registrable container ports, each with its endpoints (sorted, no repeats, never empty).
+pub(super) type Candidates = BTreeMap<PortProto, Vec<Endpoint>>;
+
+/// Every container port Docker knows about: exposed or bound.
+pub(super) fn known(view: &ContainerView) -> BTreeSet<PortProto> {
+    view.exposed
+        .iter()
+        .copied()
+        .chain(view.bindings.iter().map(|b| b.private))
+        .collect()
+}
+
+/// The registrable ports of `view`, or `None` when the container cannot register at all
+/// (internal mode without a usable network). Every skipped port gets a note.
+pub(super) fn candidates(
+    view: &ContainerView,
+    settings: &Settings,
+    address: Option<&str>,
+    network: Option<&Raw>,
+    notes: &mut Notes,
+) -> Option<Candidates> {
+    let mut out = Candidates::new();
+    let at = |address: &str, port: u16| {
+        vec![Endpoint {
+            address: address.to_owned(),
+            port,
+        }]
+    };
+
+    if view.host_network() {
+        let address = address.map_or_else(|| settings.host_ip.to_string(), str::to_owned);
+        for pp in &view.exposed {
+            out.insert(*pp, at(&address, pp.port));
+        }
+        if out.is_empty() {
+            notes.info("host network: no exposed ports (EXPOSE in the image or --expose)");
+        }
+        return Some(out);
+    }
+
+    if settings.internal {
+        let address = match address {
+            Some(a) => a.to_owned(),
+            None => choose_network(view, settings, network, notes)?.to_string(),
+        };
+        for pp in known(view) {
+            out.insert(pp, at(&address, pp.port));
+        }
+        if out.is_empty() {
+            notes.info("internal mode: no exposed or published ports");
+        }
+        return Some(out);
+    }
+
+    if let Some(raw) = network {
+        notes.info(format!("{raw}: only used with --internal; ignored"));
+    }
+    for b in &view.bindings {
+        let address = match (address, b.host_ip) {
+            (Some(a), _) => a.to_owned(),
+            (None, Some(ip)) => {
+                if ip.is_loopback() {
+                    notes.info(format!(
+                        "port {} is published on loopback {}; only this host can reach it",
+                        b.private,
+                        socket(ip, b.host_port)
+                    ));
+                }
+                ip.to_string()
+            }
+            (None, None) => settings.host_ip.to_string(),
+        };
+        out.entry(b.private).or_default().push(Endpoint {
+            address,
+            port: b.host_port,
+        });
+    }
+    for endpoints in out.values_mut() {
+        endpoints.sort();
+        endpoints.dedup();
+    }
+    for pp in &view.exposed {
+        if !out.contains_key(pp) {
+            notes.info(format!(
+                "port {pp} is exposed but not published; skipped (publish it with -p, or run \
+                 berth with --internal)"
+            ));
+        }
+    }
+    if out.is_empty() && view.exposed.is_empty() {
+        notes.info("no published ports");
+    }
+    Some(out)
+}
+
+fn socket(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(ip) => format!("{ip}:{port}"),
+        IpAddr::V6(ip) => format!("[{ip}]:{port}"),
+    }
+}
+
+/// Internal mode: the container IP to register, from one deterministic network.
+fn choose_network(
+    view: &ContainerView,
+    settings: &Settings,
+    label: Option<&Raw>,
+    notes: &mut Notes,
+) -> Option<IpAddr> {
+    let ip_of =
+        |a: &crate::docker::view::Attachment| a.ipv4.map(IpAddr::V4).or(a.ipv6.map(IpAddr::V6));
+    let named = match (label, &settings.network) {
+        (Some(raw), _) => Some((raw.value.trim(), format!("{raw}"))),
+        (None, Some(name)) => Some((name.as_str(), format!("--network {name}"))),
+        (None, None) => None,
+    };
+    if let Some((name, from)) = named {
+        let Some(attachment) = view.networks.iter().find(|a| a.name == name) else {
+            notes.info(format!(
+                "internal mode: network {name} ({from}) is not attached; nothing registers \
+                 until it is connected"
+            ));
+            return None;
+        };
+        let Some(ip) = ip_of(attachment) else {
+            notes.info(format!(
+                "internal mode: network {name} ({from}) gives the container no IP address; \
+                 nothing registers"
+            ));
+            return None;
+        };
+        notes.info(format!(
+            "internal mode: using {ip} on network {name} ({from})"
+        ));
+        return Some(ip);
+    }
+    let usable: Vec<(&str, IpAddr)> = view
+        .networks
+        .iter()
+        .filter_map(|a| ip_of(a).map(|ip| (a.name.as_str(), ip)))
+        .collect();
+    match usable.as_slice() {
+        [] => {
+            notes.info("internal mode: the container has no network with an IP address");
+            None
+        }
+        [(name, ip)] => {
+            notes.info(format!(
+                "internal mode: using {ip} on network {name} (its only network)"
+            ));
+            Some(*ip)
+        }
+        several => {
+            let names: Vec<&str> = several.iter().map(|(n, _)| *n).collect();
+            notes.warn(format!(
+                "internal mode: the container is on several networks ({}); set label \
+                 berth.network or --network to choose one; nothing registers",
+                names.join(", ")
+            ));
+            None
+        }
+    }
+}
