@@ -58,7 +58,10 @@ impl App {
                 tls_skip_verify: config.consul_tls_skip_verify,
                 ttl: config.ttl,
                 deregister_critical_after: config.deregister_critical_after,
-                ..ConsulConfig::default()
+                // A heartbeat must fail before the next one is due, never pile up.
+                request_timeout: config
+                    .heartbeat_interval()
+                    .clamp(Duration::from_millis(300), Duration::from_secs(5)),
             })?),
             // Config validation refuses etcd until its backend exists.
             RegistryKind::Etcd => Registry::Memory(Default::default()),
@@ -167,7 +170,9 @@ async fn docker_node_name(
                 return Ok(name);
             }
             Ok(_) => warn!("docker info has no node name; set --node-name"),
-            Err(e) => warn!(error = %e, "cannot ask docker for the node name; retrying"),
+            Err(e) => {
+                warn!(error = %crate::telemetry::chain(&e), "cannot ask docker for the node name; retrying")
+            }
         }
         let delay = backoff.next().unwrap_or(Duration::from_secs(30));
         tokio::select! {

@@ -261,9 +261,8 @@ impl Config {
             *addr = format!("https://{addr}");
         }
         builder = builder.add_source(
-            config::Environment::default()
-                .source(Some(foreign))
-                .try_parsing(true),
+            // No `try_parsing`: it would turn BERTH_NODE_NAME=007 into "7".
+            config::Environment::default().source(Some(foreign)),
         );
 
         let mut berth = config::Map::new();
@@ -272,11 +271,7 @@ impl Config {
                 berth.insert((*key).to_owned(), v);
             }
         }
-        builder = builder.add_source(
-            config::Environment::default()
-                .source(Some(berth))
-                .try_parsing(true),
-        );
+        builder = builder.add_source(config::Environment::default().source(Some(berth)));
 
         let flags: [(&str, Option<String>); 13] = [
             ("registry", args.registry.clone()),
@@ -441,6 +436,22 @@ mod tests {
         assert_eq!(c.network.as_deref(), Some("backend"));
         assert_eq!(c.resync, Duration::from_secs(60));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn env_values_keep_their_text_and_bools_parse() {
+        let c = Config::load(
+            &args(&[]),
+            &env(&[
+                ("BERTH_NODE_NAME", "007"),
+                ("BERTH_INTERNAL", "true"),
+                ("BERTH_CONCURRENCY", "4"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.node_name.as_deref(), Some("007"));
+        assert!(c.internal);
+        assert_eq!(c.concurrency, 4);
     }
 
     #[test]

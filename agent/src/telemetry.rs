@@ -19,3 +19,31 @@ pub fn init(format: LogFormat) {
             .init(),
     }
 }
+
+/// An error and its sources on one line (`a: b: c`), for log fields.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chain_joins_sources() {
+        let e = Outer(std::io::Error::other("connection refused"));
+        assert_eq!(super::chain(&e), "outer: connection refused");
+    }
+}

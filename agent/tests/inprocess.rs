@@ -133,17 +133,16 @@ async fn a_burst_of_containers_is_registered_completely_and_removed_completely()
             .all(|i| i.address == "127.0.0.1" && i.origin.node == node)
     );
 
-    // Several resyncs (every 1 s) with nothing changed write nothing.
-    let before = memory.writes();
+    // Several resyncs (every 1 s) with nothing changed write nothing: each container was
+    // registered exactly once. (Other containers on the engine may come and go meanwhile, so
+    // only this test's ids are counted.)
+    let heartbeats = memory.writes().heartbeats;
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let after = memory.writes();
-    assert_eq!(
-        after.registers, before.registers,
-        "no register call when nothing changed"
-    );
-    assert_eq!(after.deregisters, before.deregisters);
+    for id in &ids {
+        assert_eq!(memory.registers_of(id), 1, "{id} registered more than once");
+    }
     assert!(
-        after.heartbeats > before.heartbeats,
+        memory.writes().heartbeats > heartbeats,
         "heartbeats keep flowing"
     );
 
@@ -258,4 +257,71 @@ async fn a_registry_outage_and_a_registry_that_forgets_are_repaired() {
     assert_eq!(named(&memory, &service).len(), 1);
     agent.stop().await;
     drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_recreated_under_the_same_name_stays_registered() {
+    let test = "recreate";
+    let service = docker::unique_name(test);
+    let node = format!("node-{service}");
+    let memory = MemoryRegistry::new();
+    let agent = start(&node, &memory).await;
+
+    let first = httpd(test, &service).await;
+    let name = first.name.clone();
+    let id = format!("{node}:{name}:80");
+    wait_until("first registered", Duration::from_secs(20), || {
+        memory.get(&id).is_some()
+    })
+    .await;
+
+    // `docker rm -f web && docker run --name web …`, as compose and watchtower do: the new
+    // container gets the same instance id while the old one's removal is still in flight.
+    let (label, image, cmd) = (
+        format!("SERVICE_NAME={service}"),
+        docker::image(),
+        docker::HTTPD_CMD,
+    );
+    let second_id = tokio::task::spawn_blocking(move || {
+        let mut first = first;
+        first.rm();
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--label",
+            "berth-e2e=1",
+            "-l",
+            &label,
+            "-p",
+            "80",
+            image,
+        ];
+        args.extend(cmd);
+        docker::docker(&args)
+    })
+    .await
+    .unwrap();
+    let _cleanup = scopeguard(second_id.clone());
+
+    wait_until(
+        "the new container holds the registration",
+        Duration::from_secs(30),
+        || matches!(memory.get(&id), Some(Entry::Berth(i)) if i.origin.container_id == second_id),
+    )
+    .await;
+    assert_eq!(named(&memory, &service).len(), 1);
+    agent.stop().await;
+}
+
+/// Removes a container started by hand when the test ends, even on failure.
+fn scopeguard(id: String) -> impl Drop {
+    struct Rm(String);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = docker::try_docker(&["rm", "-f", &self.0]);
+        }
+    }
+    Rm(id)
 }

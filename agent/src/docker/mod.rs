@@ -227,15 +227,15 @@ pub async fn run_source(
         match watch_once(&mut docker, resync, &tx, &cancel).await {
             Ok(()) => return, // cancelled
             Err(reason) => {
+                if reason.healthy {
+                    // The stream worked before it broke: this is a new outage, start small.
+                    backoff = reconnect_backoff();
+                }
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 warn!(endpoint = docker.endpoint(), %reason, retry_in = ?delay, "docker unavailable; will reconnect and relist");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
-                }
-                if reason.connected {
-                    // The stream worked before it broke: start the next outage from scratch.
-                    backoff = reconnect_backoff();
                 }
             }
         }
@@ -246,8 +246,9 @@ pub async fn run_source(
 #[derive(Debug)]
 struct Ended {
     message: String,
-    /// True when at least one snapshot was delivered before the failure.
-    connected: bool,
+    /// True when the connection proved itself (an event arrived, or a resync ran) before it
+    /// failed; a stream that fails at once keeps backing off instead.
+    healthy: bool,
 }
 
 impl std::fmt::Display for Ended {
@@ -263,10 +264,10 @@ async fn watch_once(
     tx: &mpsc::Sender<Trigger>,
     cancel: &CancellationToken,
 ) -> Result<(), Ended> {
-    let fail = |connected: bool| {
+    let fail = |healthy: bool| {
         move |e: DockerError| Ended {
-            message: e.to_string(),
-            connected,
+            message: crate::telemetry::chain(&e),
+            healthy,
         }
     };
     docker.negotiate().await.map_err(fail(false))?;
@@ -283,11 +284,13 @@ async fn watch_once(
     let mut events = Box::pin(docker.events(since));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut healthy = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = tick.tick() => {
-                let ids = docker.list_ids().await.map_err(fail(true))?;
+                let ids = docker.list_ids().await.map_err(fail(healthy))?;
+                healthy = true;
                 debug!(containers = ids.len(), "periodic resync");
                 if tx.send(Trigger::Snapshot(ids)).await.is_err() {
                     return Ok(());
@@ -295,6 +298,7 @@ async fn watch_once(
             }
             ev = events.next() => match ev {
                 Some(Ok(ev)) => {
+                    healthy = true;
                     if let Some(id) = event_container(&ev) {
                         debug!(container = %id, action = ev.action.as_deref().unwrap_or(""), "docker event");
                         if tx.send(Trigger::Container(id)).await.is_err() {
@@ -302,8 +306,8 @@ async fn watch_once(
                         }
                     }
                 }
-                Some(Err(e)) => return Err(Ended { message: format!("event stream failed: {e}"), connected: true }),
-                None => return Err(Ended { message: "event stream ended".into(), connected: true }),
+                Some(Err(e)) => return Err(Ended { message: format!("event stream failed: {}", crate::telemetry::chain(&e)), healthy }),
+                None => return Err(Ended { message: "event stream ended".into(), healthy }),
             }
         }
     }

@@ -76,6 +76,9 @@ pub struct Binding {
     /// `None` for an unspecified address (`""`, `0.0.0.0`, `::`).
     pub host_ip: Option<IpAddr>,
     pub host_port: u16,
+    /// True for the IPv6 wildcard (`::`). Docker publishes `-p 80` on `0.0.0.0` and `::`,
+    /// sometimes on different host ports; the family decides which one the host IP reaches.
+    pub v6_wildcard: bool,
 }
 
 /// One network the container is attached to.
@@ -197,15 +200,15 @@ impl ContainerView {
                     else {
                         continue;
                     };
-                    let host_ip = b
+                    let parsed = b
                         .host_ip
                         .as_deref()
-                        .and_then(|ip| ip.parse::<IpAddr>().ok())
-                        .filter(|ip| !ip.is_unspecified());
+                        .and_then(|ip| ip.parse::<IpAddr>().ok());
                     bindings.push(Binding {
                         private,
-                        host_ip,
+                        host_ip: parsed.filter(|ip| !ip.is_unspecified()),
                         host_port,
+                        v6_wildcard: parsed == Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
                     });
                 }
             }

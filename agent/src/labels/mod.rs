@@ -741,9 +741,11 @@ fn health(view: &ContainerView) -> Health {
         Some(DockerHealth::Unhealthy(out)) if out.is_empty() => {
             Health::critical("Docker HEALTHCHECK: unhealthy")
         }
-        Some(DockerHealth::Unhealthy(out)) => Health::critical(format!(
-            "Docker HEALTHCHECK: unhealthy: {}",
-            sanitize::truncate(out, sanitize::MAX_HEALTH_OUTPUT)
-        )),
+        Some(DockerHealth::Unhealthy(out)) => {
+            // Cap the whole output, as backends store it: a longer desired output would never
+            // equal the stored one and be re-sent on every resync.
+            let full = format!("Docker HEALTHCHECK: unhealthy: {out}");
+            Health::critical(sanitize::truncate(&full, sanitize::MAX_HEALTH_OUTPUT))
+        }
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::docker::view::{ContainerView, PortProto};
+use crate::docker::view::{Binding, ContainerView, PortProto};
 
 use super::keys::Raw;
 use super::{Notes, Settings};
@@ -78,6 +78,20 @@ pub(super) fn candidates(
         notes.info(format!("{raw}: only used with --internal; ignored"));
     }
     for b in &view.bindings {
+        if let Some(kept) = wildcard_of_other_family(view, b, address, settings) {
+            if kept == b.host_port {
+                continue; // the usual pair on one port: one endpoint
+            }
+            notes.info(format!(
+                "port {} is also published on the {} wildcard at host port {}; that binding is \
+                 skipped because the registered address is {}",
+                b.private,
+                if b.v6_wildcard { "IPv6" } else { "IPv4" },
+                b.host_port,
+                if b.v6_wildcard { "IPv4" } else { "IPv6" },
+            ));
+            continue;
+        }
         let address = match (address, b.host_ip) {
             (Some(a), _) => a.to_owned(),
             (None, Some(ip)) => {
@@ -182,4 +196,32 @@ fn choose_network(
             None
         }
     }
+}
+
+/// When `b` is a wildcard binding of the other address family than the one registered, and
+/// the same port also has a wildcard binding of the registered family, returns that one's
+/// host port: `b` is then skipped. Docker publishes `-p 80` on both `0.0.0.0` and `::`, on
+/// different host ports at times; registering the IPv6 wildcard's port at an IPv4 address (or
+/// the reverse) would advertise a wrong endpoint.
+fn wildcard_of_other_family(
+    view: &ContainerView,
+    b: &Binding,
+    address: Option<&str>,
+    settings: &Settings,
+) -> Option<u16> {
+    if b.host_ip.is_some() {
+        return None;
+    }
+    let registered_v6 = match address.map(str::parse::<IpAddr>) {
+        Some(Ok(ip)) => ip.is_ipv6(),
+        Some(Err(_)) => return None, // a host name: either family may resolve
+        None => settings.host_ip.is_ipv6(),
+    };
+    if b.v6_wildcard == registered_v6 {
+        return None;
+    }
+    view.bindings
+        .iter()
+        .find(|o| o.private == b.private && o.host_ip.is_none() && o.v6_wildcard == registered_v6)
+        .map(|o| o.host_port)
 }

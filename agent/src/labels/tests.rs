@@ -1257,7 +1257,8 @@ fn health_follows_docker_healthcheck() {
         (
             Some(DockerHealth::Unhealthy(long)),
             Status::Critical,
-            format!("Docker HEALTHCHECK: unhealthy: {}", "ü".repeat(2048)),
+            // The whole output is capped at 4096 bytes: 31 bytes of prefix + 2032 × 2 bytes.
+            format!("Docker HEALTHCHECK: unhealthy: {}", "ü".repeat(2032)),
         ),
     ];
     for (docker, status, output) in cases {
@@ -1394,4 +1395,45 @@ proptest! {
         assert_invariants(&out);
         prop_assert_eq!(out.clone(), plan_container(&view, &s));
     }
+}
+
+#[test]
+fn wildcard_bindings_on_different_ports_register_the_host_ip_family_only() {
+    // Docker 20.10 at times publishes `-p 80` as 0.0.0.0:18080 and [::]:18081.
+    let mut view = fixture("web");
+    let private = view.bindings[0].private;
+    view.bindings = vec![
+        crate::docker::view::Binding {
+            private,
+            host_ip: None,
+            host_port: 18080,
+            v6_wildcard: false,
+        },
+        crate::docker::view::Binding {
+            private,
+            host_ip: None,
+            host_port: 18081,
+            v6_wildcard: true,
+        },
+    ];
+    let v4 = plan_container(&view, &settings());
+    let ports: Vec<u16> = v4.instances.iter().map(|i| i.port).collect();
+    assert_eq!(ports, [18080]);
+    assert!(
+        v4.notes
+            .iter()
+            .any(|n| n.message.contains("IPv6 wildcard at host port 18081")),
+        "{:?}",
+        v4.notes
+    );
+
+    let mut s = settings();
+    s.host_ip = "2001:db8::10".parse().unwrap();
+    let v6 = plan_container(&view, &s);
+    let got: Vec<(String, u16)> = v6
+        .instances
+        .iter()
+        .map(|i| (i.address.clone(), i.port))
+        .collect();
+    assert_eq!(got, [("2001:db8::10".to_owned(), 18081)]);
 }

@@ -55,15 +55,16 @@ pub async fn run(
                 Err(RegistryError::NotFound { .. }) => {
                     if let Some(container) = store.lost(&id) {
                         info!(service.id = %id, "registry lost the instance; registering it again");
-                        if triggers.send(Trigger::Container(container)).await.is_err() {
-                            return;
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            sent = triggers.send(Trigger::Container(container)) => if sent.is_err() { return },
                         }
                     }
                 }
                 Err(e) => {
                     errors += 1;
                     if !failing {
-                        warn!(service.id = %id, error = %e, "heartbeat failed; retrying every interval");
+                        warn!(service.id = %id, error = %crate::telemetry::chain(&e), "heartbeat failed; retrying every interval");
                     } else {
                         debug!(service.id = %id, error = %e, "heartbeat failed");
                     }

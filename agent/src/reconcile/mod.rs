@@ -58,16 +58,151 @@ enum Done {
     },
     Retry(String),
     Snapshot {
+        seq: u64,
         listing: Result<Listing, RegistryError>,
         ids: Vec<String>,
     },
 }
+
+/// How long in-flight reconciles may run after cancel before they are aborted, so that
+/// `--deregister-on-exit` still fits in `main`'s drain timeout.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(4);
 
 /// The reconcile controller task.
 #[derive(Debug)]
 pub struct Reconciler {
     ctx: Context,
     options: Options,
+}
+
+/// The controller's bookkeeping; owned by the one controller task, so no locks.
+struct Controller {
+    ctx: Context,
+    permits: Arc<Semaphore>,
+    jobs: JoinSet<Done>,
+    /// Container reconcile tasks, so a panicked one frees its container.
+    tasks: HashMap<tokio::task::Id, String>,
+    running: HashSet<String>,
+    dirty: HashSet<String>,
+    /// Consecutive failures per container, for the retry backoff.
+    failures: HashMap<String, u32>,
+    /// Containers with a retry timer pending (at most one each).
+    retrying: HashSet<String>,
+    /// Sequence of the latest snapshot started and of the latest listing applied, so an
+    /// older listing never overwrites a newer one.
+    snapshot_seq: u64,
+    applied_seq: u64,
+}
+
+impl Controller {
+    fn schedule(&mut self, id: String) {
+        if self.running.contains(&id) {
+            self.dirty.insert(id);
+            return;
+        }
+        self.running.insert(id.clone());
+        let handle = self.jobs.spawn(reconcile_container(
+            self.ctx.clone(),
+            id.clone(),
+            self.permits.clone(),
+        ));
+        self.tasks.insert(handle.id(), id);
+    }
+
+    fn container_done(&mut self, id: String, ok: bool, cancel: &CancellationToken) {
+        self.running.remove(&id);
+        if self.dirty.remove(&id) {
+            self.schedule(id);
+        } else if ok {
+            self.failures.remove(&id);
+        } else if self.retrying.insert(id.clone()) {
+            // Docker or the registry failed, or the id is held by another container that
+            // is about to release it: try again with backoff (0.5 s doubling to 16 s).
+            let n = self.failures.entry(id.clone()).or_insert(0);
+            *n = (*n + 1).min(6);
+            let delay = Duration::from_millis(500) * 2u32.pow(*n - 1);
+            let cancel = cancel.clone();
+            self.jobs.spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                Done::Retry(id)
+            });
+        }
+    }
+
+    fn start_snapshot(&mut self, ids: Vec<String>) {
+        self.snapshot_seq += 1;
+        let seq = self.snapshot_seq;
+        let registry = self.ctx.registry.clone();
+        let node = self.ctx.settings.node.clone();
+        self.jobs.spawn(async move {
+            Done::Snapshot {
+                seq,
+                listing: registry.list(&node).await,
+                ids,
+            }
+        });
+    }
+
+    fn snapshot_done(
+        &mut self,
+        seq: u64,
+        listing: Result<Listing, RegistryError>,
+        ids: Vec<String>,
+    ) {
+        // Everything the store knew before, too: a registration written while the listing
+        // was in flight is not in the listing, and must be reconciled (and so re-recorded).
+        let mut all: HashSet<String> = ids.into_iter().collect();
+        all.extend(self.ctx.store.containers());
+        all.extend(self.running.iter().cloned());
+        match listing {
+            Ok(listing) if seq > self.applied_seq => {
+                self.applied_seq = seq;
+                debug!(
+                    owned = listing.owned.len(),
+                    foreign = listing.foreign_ids.len(),
+                    "registry listing"
+                );
+                self.ctx.store.replace(listing);
+            }
+            Ok(_) => debug!(seq, "ignoring a listing older than the one applied"),
+            Err(e) => warn!(
+                registry = %self.ctx.registry.describe(),
+                error = %crate::telemetry::chain(&e),
+                "cannot read the registry; reconciling against the last known state"
+            ),
+        }
+        all.extend(self.ctx.store.containers());
+        for id in all {
+            self.schedule(id);
+        }
+    }
+
+    fn on_done(
+        &mut self,
+        done: Result<(tokio::task::Id, Done), tokio::task::JoinError>,
+        cancel: &CancellationToken,
+    ) {
+        match done {
+            Ok((task, Done::Container { id, ok })) => {
+                self.tasks.remove(&task);
+                self.container_done(id, ok, cancel);
+            }
+            Ok((_, Done::Retry(id))) => {
+                self.retrying.remove(&id);
+                self.schedule(id);
+            }
+            Ok((_, Done::Snapshot { seq, listing, ids })) => self.snapshot_done(seq, listing, ids),
+            Err(e) => {
+                warn!(error = %e, "reconcile task failed");
+                if let Some(id) = self.tasks.remove(&e.id()) {
+                    self.container_done(id, false, cancel);
+                }
+            }
+        }
+    }
 }
 
 impl Reconciler {
@@ -78,81 +213,39 @@ impl Reconciler {
     /// Runs until `cancel` fires or every trigger sender is gone, then finishes the writes in
     /// flight (and deregisters everything with `deregister_on_exit`).
     pub async fn run(self, mut triggers: mpsc::Receiver<Trigger>, cancel: CancellationToken) {
-        let permits = Arc::new(Semaphore::new(self.options.concurrency));
-        let mut jobs: JoinSet<Done> = JoinSet::new();
-        let mut running: HashSet<String> = HashSet::new();
-        let mut dirty: HashSet<String> = HashSet::new();
-        let mut failures: HashMap<String, u32> = HashMap::new();
-        let schedule = |id: String,
-                        jobs: &mut JoinSet<Done>,
-                        running: &mut HashSet<String>,
-                        dirty: &mut HashSet<String>| {
-            if running.contains(&id) {
-                dirty.insert(id);
-            } else {
-                running.insert(id.clone());
-                jobs.spawn(reconcile_container(self.ctx.clone(), id, permits.clone()));
-            }
+        let mut c = Controller {
+            ctx: self.ctx.clone(),
+            permits: Arc::new(Semaphore::new(self.options.concurrency)),
+            jobs: JoinSet::new(),
+            tasks: HashMap::new(),
+            running: HashSet::new(),
+            dirty: HashSet::new(),
+            failures: HashMap::new(),
+            retrying: HashSet::new(),
+            snapshot_seq: 0,
+            applied_seq: 0,
         };
 
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                Some(done) = jobs.join_next() => match done {
-                    Ok(Done::Container { id, ok }) => {
-                        running.remove(&id);
-                        if dirty.remove(&id) {
-                            schedule(id, &mut jobs, &mut running, &mut dirty);
-                        } else if ok {
-                            failures.remove(&id);
-                        } else {
-                            // Docker or the registry failed: try again with backoff.
-                            let n = failures.entry(id.clone()).or_insert(0);
-                            *n = (*n + 1).min(6);
-                            let delay = Duration::from_millis(500) * 2u32.pow(*n - 1);
-                            let cancel = cancel.clone();
-                            jobs.spawn(async move {
-                                tokio::select! {
-                                    _ = cancel.cancelled() => {}
-                                    _ = tokio::time::sleep(delay) => {}
-                                }
-                                Done::Retry(id)
-                            });
-                        }
-                    }
-                    Ok(Done::Retry(id)) => schedule(id, &mut jobs, &mut running, &mut dirty),
-                    Ok(Done::Snapshot { listing, ids }) => {
-                        match listing {
-                            Ok(listing) => {
-                                debug!(owned = listing.owned.len(), foreign = listing.foreign_ids.len(), "registry listing");
-                                self.ctx.store.replace(listing);
-                            }
-                            Err(e) => warn!(registry = %self.ctx.registry.describe(), error = %e, "cannot read the registry; reconciling against the last known state"),
-                        }
-                        let mut all: HashSet<String> = ids.into_iter().collect();
-                        all.extend(self.ctx.store.containers());
-                        for id in all {
-                            schedule(id, &mut jobs, &mut running, &mut dirty);
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "reconcile task failed"),
-                },
+                Some(done) = c.jobs.join_next_with_id() => c.on_done(done, &cancel),
                 t = triggers.recv() => match t {
                     None => break,
-                    Some(Trigger::Container(id)) => schedule(id, &mut jobs, &mut running, &mut dirty),
-                    Some(Trigger::Snapshot(ids)) => {
-                        let registry = self.ctx.registry.clone();
-                        let node = self.ctx.settings.node.clone();
-                        jobs.spawn(async move {
-                            Done::Snapshot { listing: registry.list(&node).await, ids }
-                        });
-                    }
+                    Some(Trigger::Container(id)) => c.schedule(id),
+                    Some(Trigger::Snapshot(ids)) => c.start_snapshot(ids),
                 },
             }
         }
 
-        // Finish the writes in flight; retries and snapshots end at once on cancel.
-        while jobs.join_next().await.is_some() {}
+        // Reconciles still waiting for a permit do not start; those in flight finish their
+        // writes within a grace period; retry timers and snapshots end at once on cancel.
+        c.permits.close();
+        let drain = async { while c.jobs.join_next().await.is_some() {} };
+        if tokio::time::timeout(IN_FLIGHT_GRACE, drain).await.is_err() {
+            warn!(grace = ?IN_FLIGHT_GRACE, "in-flight reconciles did not finish; aborting them");
+            c.jobs.abort_all();
+        }
         if self.options.deregister_on_exit {
             deregister_all(&self.ctx).await;
         }
@@ -162,7 +255,8 @@ impl Reconciler {
 /// Inspects one container and applies the plan for it.
 async fn reconcile_container(ctx: Context, id: String, permits: Arc<Semaphore>) -> Done {
     let Ok(_permit) = permits.acquire_owned().await else {
-        return Done::Container { id, ok: false };
+        // Shutting down: the permits are closed.
+        return Done::Container { id, ok: true };
     };
     let span = info_span!("reconcile", container = %short(&id));
     let ok = reconcile_one(&ctx, &id).instrument(span).await;
@@ -175,7 +269,7 @@ async fn reconcile_one(ctx: &Context, id: &str) -> bool {
         // Gone: nothing is desired, so whatever it registered is removed.
         Ok(None) => labels::Outcome::default(),
         Err(e) => {
-            warn!(error = %e, "cannot inspect container; will retry");
+            warn!(error = %crate::telemetry::chain(&e), "cannot inspect container; will retry");
             return false;
         }
     };
@@ -191,13 +285,20 @@ async fn reconcile_one(ctx: &Context, id: &str) -> bool {
     let plan = ctx
         .store
         .plan_container(&ctx.settings.node, id, &outcome.instances);
-    for c in &plan.conflicts {
-        warn!(service.id = %c.id, "not registered: {}", c.reason);
-    }
+    // An id held by another container of this node is usually a container recreated under
+    // the same name whose predecessor is being deregistered right now: retry shortly.
     let mut ok = true;
+    for c in &plan.conflicts {
+        if ctx.store.holder(&c.id).is_some_and(|holder| holder != id) {
+            debug!(service.id = %c.id, "id still held by another container of this node; retrying");
+            ok = false;
+        } else {
+            warn!(service.id = %c.id, "not registered: {}", c.reason);
+        }
+    }
     for op in plan.ops {
         if let Err(e) = apply(ctx, &op).await {
-            warn!(service.id = %op.id(), error = %e, "registry write failed; will retry");
+            warn!(service.id = %op.id(), error = %crate::telemetry::chain(&e), "registry write failed; will retry");
             ok = false;
         }
     }
@@ -233,14 +334,28 @@ async fn apply(ctx: &Context, op: &Op) -> Result<(), RegistryError> {
     Ok(())
 }
 
+/// Removes everything this node owns: what the store recorded plus what the registry lists
+/// (a write may have reached the registry after its client timed out).
 async fn deregister_all(ctx: &Context) {
-    let ids = ctx.store.ids();
+    let mut ids: HashSet<String> = ctx.store.ids().into_iter().collect();
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        ctx.registry.list(&ctx.settings.node),
+    )
+    .await
+    {
+        Ok(Ok(listing)) => ids.extend(listing.owned.into_iter().map(|i| i.id)),
+        Ok(Err(e)) => {
+            warn!(error = %crate::telemetry::chain(&e), "cannot list the registry on exit; deregistering what is known")
+        }
+        Err(_) => warn!("listing the registry on exit timed out; deregistering what is known"),
+    }
     info!(instances = ids.len(), "deregistering on exit");
     futures::stream::iter(ids)
         .for_each_concurrent(16, |id| async move {
             match ctx.registry.deregister(&id).await {
                 Ok(()) => ctx.store.deregistered(&id),
-                Err(e) => warn!(service.id = %id, error = %e, "deregister on exit failed; the TTL will expire it"),
+                Err(e) => warn!(service.id = %id, error = %crate::telemetry::chain(&e), "deregister on exit failed; the TTL will expire it"),
             }
         })
         .await;

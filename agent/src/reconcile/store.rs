@@ -175,6 +175,14 @@ impl Store {
         self.wake.notified().await;
     }
 
+    /// The container that holds instance `id` on this node, if any.
+    pub fn holder(&self, id: &str) -> Option<String> {
+        self.lock()
+            .instances
+            .get(id)
+            .map(|i| i.origin.container_id.clone())
+    }
+
     /// Every container this node owns instances for.
     pub fn containers(&self) -> Vec<String> {
         self.lock().by_container.keys().cloned().collect()
