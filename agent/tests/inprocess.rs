@@ -325,3 +325,35 @@ fn scopeguard(id: String) -> impl Drop {
     }
     Rm(id)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_container_moves_to_its_new_id() {
+    let test = "rename";
+    let service = docker::unique_name(test);
+    let node = format!("node-{service}");
+    let memory = MemoryRegistry::new();
+    let agent = start(&node, &memory).await;
+
+    let c = httpd(test, &service).await;
+    let old_id = format!("{node}:{}:80", c.name);
+    wait_until("registered", Duration::from_secs(20), || {
+        memory.get(&old_id).is_some()
+    })
+    .await;
+
+    let new_name = docker::unique_name(test);
+    let (cid, renamed) = (c.id.clone(), new_name.clone());
+    tokio::task::spawn_blocking(move || docker::docker(&["rename", &cid, &renamed]))
+        .await
+        .unwrap();
+    let new_id = format!("{node}:{new_name}:80");
+    wait_until(
+        "registered under the new name only",
+        Duration::from_secs(20),
+        || memory.get(&new_id).is_some() && memory.get(&old_id).is_none(),
+    )
+    .await;
+    assert_eq!(named(&memory, &service).len(), 1);
+    agent.stop().await;
+    drop(c);
+}
