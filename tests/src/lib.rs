@@ -1,10 +1,13 @@
 //! Harness for berth's end-to-end tests: real processes, real Docker, real Consul.
 //!
 //! Every test starts its own Consul dev agent on free ports ([`ConsulServer`]) so tests can
-//! restart or kill it without disturbing each other.
+//! restart or kill it without disturbing each other. [`docker`] builds the test image and
+//! guards containers and networks; [`agent`] runs the berth binary and formats failures.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+pub mod agent;
 pub mod consul;
+pub mod docker;
 
 use std::time::{Duration, Instant};
 
