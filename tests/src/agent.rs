@@ -118,6 +118,11 @@ impl Agent {
 
     /// `berth <args>` with `BERTH_LOG=debug`, stdout and stderr into one log file.
     pub fn spawn<S: AsRef<str>>(args: &[S]) -> Agent {
+        Agent::spawn_with_env(args, &[])
+    }
+
+    /// Like [`Agent::spawn`], with extra environment variables.
+    pub fn spawn_with_env<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Agent {
         let args: Vec<String> = args.iter().map(|s| s.as_ref().to_string()).collect();
         let dir = TempDir::new("berth-e2e-agent");
         let log_path = dir.0.join("berth.log");
@@ -126,6 +131,7 @@ impl Agent {
             .args(&args)
             .env("BERTH_LOG", LOG_FILTER)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("clone log handle")))
             .stderr(Stdio::from(log))

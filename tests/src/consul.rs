@@ -133,6 +133,35 @@ impl ConsulServer {
             .unwrap_or_default()
     }
 
+    /// Passing instances of `name` as `(id, address, port)`, read through rs-consul: an
+    /// independent client of `/v1/health/service/<name>?passing`, so the assertion does not
+    /// rest on berth's own Consul code.
+    pub fn passing(&self, name: &str) -> Vec<(String, String, u16)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let consul = rs_consul::Consul::new(rs_consul::Config {
+                address: self.addr(),
+                ..Default::default()
+            });
+            let request = rs_consul::GetServiceNodesRequest {
+                service: name,
+                passing: true,
+                ..Default::default()
+            };
+            match consul.get_service_nodes(request, None).await {
+                Ok(nodes) => nodes
+                    .response
+                    .into_iter()
+                    .map(|n| (n.service.id, n.service.address, n.service.port))
+                    .collect(),
+                Err(_) => Vec::new(),
+            }
+        })
+    }
+
     /// The agent's log so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.data_log).unwrap_or_default()

@@ -369,6 +369,11 @@ fn registers_published_port_with_ttl_check() {
     let ctr = httpd_labelled(env.test, &name);
     let want = env.published(&name, &ctr, 80);
     env.expect_one(&want);
+    // The same, seen through rs-consul's health client with `?passing`.
+    assert_eq!(
+        env.consul.passing(&name),
+        [(want.id.clone(), want.address.clone(), want.port)]
+    );
     // The heartbeat keeps the check passing well past one TTL.
     let node = env.node.clone();
     env.hold(

@@ -1,0 +1,152 @@
+//! The agent's environment: the host IP it detects, and `DOCKER_HOST` pointing at a tcp://
+//! endpoint. Real Docker, real Consul, the real binary.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use berth_e2e::agent::{Agent, tail};
+use berth_e2e::consul::ConsulServer;
+use berth_e2e::docker::{self, Container};
+use berth_e2e::{free_port, wait_for};
+
+/// `(address, port)` of every instance of `name` in `/v1/health/service/<name>`.
+fn endpoints(consul: &ConsulServer, name: &str) -> Vec<(String, u16)> {
+    consul
+        .health(name)
+        .iter()
+        .map(|e| {
+            (
+                e["Service"]["Address"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                e["Service"]["Port"].as_u64().unwrap_or_default() as u16,
+            )
+        })
+        .collect()
+}
+
+fn httpd(test: &str, name: &str) -> Container {
+    Container::httpd(test, &["-l", &format!("SERVICE_NAME={name}"), "-p", "80"])
+}
+
+/// Without `--host-ip`, berth detects the host's address, logs it, and registers published
+/// ports at it.
+#[test]
+fn detected_host_ip_is_logged_and_registered() {
+    let consul = ConsulServer::start();
+    let name = docker::unique_name("hostip");
+    let node = format!("node-{name}");
+    let args = [
+        "run",
+        "--consul-addr",
+        &consul.addr(),
+        "--node-name",
+        &node,
+        "--ttl",
+        "3s",
+    ];
+    let agent = Agent::spawn(&args);
+    let detected = wait_for(
+        "the detected host IP in the log",
+        Duration::from_secs(20),
+        || {
+            let log = agent.log();
+            let line = log.lines().find(|l| l.contains("host IP detected"))?;
+            let value = line.split("host_ip=").nth(1)?.split_whitespace().next()?;
+            Some(value.to_owned())
+        },
+    );
+    let ip: std::net::IpAddr = detected.parse().expect("an IP address");
+    assert!(!ip.is_unspecified(), "detected {ip}");
+    let local = Command::new("ip")
+        .args(["-o", "addr"])
+        .output()
+        .expect("ip addr");
+    assert!(
+        String::from_utf8_lossy(&local.stdout).contains(&format!(" {detected}/")),
+        "{detected} is not an address of this host"
+    );
+
+    let c = httpd("hostip", &name);
+    let want = vec![(detected.clone(), c.host_port(80))];
+    let got = wait_for(
+        "the instance at the detected IP",
+        Duration::from_secs(10),
+        || {
+            let got = endpoints(&consul, &name);
+            (!got.is_empty()).then_some(got)
+        },
+    );
+    assert_eq!(got, want, "agent log:\n{}", tail(&agent.log(), 30));
+}
+
+/// Kills the relay and its forked per-connection children (its process group) on drop.
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// `DOCKER_HOST=tcp://…` is honoured: berth watches the engine through a TCP endpoint (a
+/// socat relay to the local socket stands in for a TCP-exposed engine).
+#[test]
+fn docker_host_tcp_is_honoured() {
+    let consul = ConsulServer::start();
+    let port = free_port();
+    let proxy = Proxy(
+        Command::new("socat")
+            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+            .arg("UNIX-CONNECT:/var/run/docker.sock")
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat (scripts/install-deps.sh installs it)"),
+    );
+    wait_for("the tcp relay", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+
+    let name = docker::unique_name("dockerhost");
+    let node = format!("node-{name}");
+    let args = [
+        "run",
+        "--consul-addr",
+        &consul.addr(),
+        "--node-name",
+        &node,
+        "--host-ip",
+        "127.0.0.1",
+        "--ttl",
+        "3s",
+    ];
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let agent = Agent::spawn_with_env(&args, &[("DOCKER_HOST", &endpoint)]);
+    let c = httpd("dockerhost", &name);
+    let got = wait_for(
+        "registration through the tcp endpoint",
+        Duration::from_secs(10),
+        || {
+            let got = endpoints(&consul, &name);
+            (!got.is_empty()).then_some(got)
+        },
+    );
+    assert_eq!(got, [("127.0.0.1".to_owned(), c.host_port(80))]);
+    assert!(
+        agent.log().contains(&format!("docker=\"{endpoint}\"")),
+        "the agent should log the tcp endpoint it uses:\n{}",
+        tail(&agent.log(), 30)
+    );
+    // Its only connection was the relay: cut it, and the event stream breaks.
+    drop(proxy);
+    wait_for("the agent to notice the relay is gone", Duration::from_secs(10), || {
+        agent.log().contains("docker unavailable").then_some(())
+    });
+}
