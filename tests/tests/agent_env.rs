@@ -94,12 +94,9 @@ impl Drop for Proxy {
     }
 }
 
-/// `DOCKER_HOST=tcp://…` is honoured: berth watches the engine through a TCP endpoint (a
-/// socat relay to the local socket stands in for a TCP-exposed engine).
-#[test]
-fn docker_host_tcp_is_honoured() {
-    let consul = ConsulServer::start();
-    let port = free_port();
+/// A socat relay from 127.0.0.1:`port` to the local Docker socket, standing in for a
+/// TCP-exposed engine that can be cut and brought back.
+fn relay(port: u16) -> Proxy {
     let proxy = Proxy(
         Command::new("socat")
             .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
@@ -113,9 +110,23 @@ fn docker_host_tcp_is_honoured() {
     wait_for("the tcp relay", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
+    proxy
+}
 
-    let name = docker::unique_name("dockerhost");
-    let node = format!("node-{name}");
+/// `DOCKER_HOST=tcp://…` is honoured, and when that endpoint goes away berth keeps running,
+/// reconnects with backoff once it is back, relists, and applies the listing as an
+/// authoritative snapshot: a container removed and one started during the outage are both
+/// reflected, though their events were never seen.
+#[test]
+fn docker_host_tcp_is_honoured_and_an_outage_is_repaired_by_relisting() {
+    let consul = ConsulServer::start();
+    let port = free_port();
+    let proxy = relay(port);
+
+    let test = "dockerhost";
+    let gone_name = docker::unique_name(test);
+    let born_name = docker::unique_name(test);
+    let node = format!("node-{gone_name}");
     let args = [
         "run",
         "--consul-addr",
@@ -129,24 +140,49 @@ fn docker_host_tcp_is_honoured() {
     ];
     let endpoint = format!("tcp://127.0.0.1:{port}");
     let agent = Agent::spawn_with_env(&args, &[("DOCKER_HOST", &endpoint)]);
-    let c = httpd("dockerhost", &name);
+    let mut gone = httpd(test, &gone_name);
     let got = wait_for(
         "registration through the tcp endpoint",
         Duration::from_secs(10),
         || {
-            let got = endpoints(&consul, &name);
+            let got = endpoints(&consul, &gone_name);
             (!got.is_empty()).then_some(got)
         },
     );
-    assert_eq!(got, [("127.0.0.1".to_owned(), c.host_port(80))]);
+    assert_eq!(got, [("127.0.0.1".to_owned(), gone.host_port(80))]);
     assert!(
         agent.log().contains(&format!("docker=\"{endpoint}\"")),
         "the agent should log the tcp endpoint it uses:\n{}",
         tail(&agent.log(), 30)
     );
-    // Its only connection was the relay: cut it, and the event stream breaks.
+
+    // Its only connection is the relay: cut it, and the event stream breaks.
     drop(proxy);
-    wait_for("the agent to notice the relay is gone", Duration::from_secs(10), || {
-        agent.log().contains("docker unavailable").then_some(())
-    });
+    wait_for(
+        "the agent to notice the relay is gone",
+        Duration::from_secs(10),
+        || agent.log().contains("docker unavailable").then_some(()),
+    );
+
+    // During the outage one container goes and another comes.
+    gone.rm();
+    let born = httpd(test, &born_name);
+    let _proxy = relay(port);
+    wait_for(
+        "the outage's changes reflected",
+        Duration::from_secs(40),
+        || {
+            let now = (
+                endpoints(&consul, &gone_name),
+                endpoints(&consul, &born_name),
+            );
+            (now.0.is_empty() && now.1 == [("127.0.0.1".to_owned(), born.host_port(80))])
+                .then_some(())
+        },
+    );
+    let mut agent = agent;
+    assert!(
+        agent.exited().is_none(),
+        "the agent kept running through the outage"
+    );
 }
