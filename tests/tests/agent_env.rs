@@ -1,6 +1,8 @@
 //! The agent's environment: the host IP it detects, and `DOCKER_HOST` pointing at a tcp://
 //! endpoint. Real Docker, real Consul, the real binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
