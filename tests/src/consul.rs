@@ -7,6 +7,26 @@ use serde_json::Value;
 
 use crate::{free_port, wait_for};
 
+/// `consul agent -dev` on 127.0.0.1 as node `node`, with extra `-hcl` configuration snippets
+/// (ports, ACLs, TLS). The caller sets its output and spawns it.
+pub fn dev_agent(node: &str, hcl: &[&str]) -> Command {
+    let mut cmd = Command::new("consul");
+    cmd.args([
+        "agent",
+        "-dev",
+        "-client",
+        "127.0.0.1",
+        "-bind",
+        "127.0.0.1",
+        "-node",
+        node,
+    ]);
+    for snippet in hcl {
+        cmd.args(["-hcl", snippet]);
+    }
+    cmd
+}
+
 /// A running Consul dev agent. Killed on drop.
 #[derive(Debug)]
 pub struct ConsulServer {
@@ -48,17 +68,7 @@ impl ConsulServer {
             self.http_port, self.dns_port
         );
         let log = std::fs::File::create(&self.data_log).unwrap();
-        let child = Command::new("consul")
-            .args([
-                "agent",
-                "-dev",
-                "-client",
-                "127.0.0.1",
-                "-bind",
-                "127.0.0.1",
-            ])
-            .args(["-node", &format!("consul-{}", self.http_port)])
-            .args(["-hcl", &hcl])
+        let child = dev_agent(&format!("consul-{}", self.http_port), &[&hcl])
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

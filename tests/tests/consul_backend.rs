@@ -518,17 +518,7 @@ impl CustomConsul {
             free_port()
         );
         let log = std::fs::File::create(dir.join("consul.log")).unwrap();
-        let child = Command::new("consul")
-            .args([
-                "agent",
-                "-dev",
-                "-client",
-                "127.0.0.1",
-                "-bind",
-                "127.0.0.1",
-            ])
-            .args(["-node", &format!("custom-{port}")])
-            .args(["-hcl", &ports, "-hcl", hcl])
+        let child = berth_e2e::consul::dev_agent(&format!("custom-{port}"), &[&ports, hcl])
             .current_dir(&dir)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
