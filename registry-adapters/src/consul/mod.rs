@@ -20,7 +20,8 @@
 //! A 500 is confirmed by looking at the agent's state instead of parsing its text, so the
 //! classification does not depend on the wording of one Consul version.
 //!
-//! The `rs-consul` crate is not used. It has no `/v1/agent/*` endpoints, and its
+//! The `rs-consul` crate is not used here (the end-to-end harness uses it as an independent
+//! reader of `/v1/health/service/<name>?passing`). It has no `/v1/agent/*` endpoints, and its
 //! `/v1/health/service/<name>` call (`get_service_nodes`, 0.15) decodes each entry into
 //! `ServiceNode { Node, Service { ID, Service, Address, Port, Tags } }`: it drops the service
 //! `Meta` (berth's ownership keys, without which no [`Instance`] can be rebuilt) and the
