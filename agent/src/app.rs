@@ -119,11 +119,6 @@ impl App {
         })
     }
 
-    /// The shared state, for in-process tests.
-    pub fn context(&self) -> &Context {
-        &self.ctx
-    }
-
     /// Spawns the source, the reconciler and the heartbeater.
     pub fn spawn(self, tracker: &TaskTracker, cancel: CancellationToken) {
         let (tx, rx) = mpsc::channel(1024);

@@ -193,11 +193,6 @@ impl Store {
         self.lock().instances.keys().cloned().collect()
     }
 
-    /// Every owned instance.
-    pub fn instances(&self) -> Vec<Instance> {
-        self.lock().instances.values().cloned().collect()
-    }
-
     /// Stores the notes of a container's latest evaluation; true when they changed (so they
     /// are logged once, not on every resync).
     pub fn set_notes(&self, container: &str, notes: Vec<Note>) -> bool {
