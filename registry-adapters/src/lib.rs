@@ -11,13 +11,22 @@
 //! - [`Registry::heartbeat`] refreshes the instance's TTL and reports its health, answering
 //!   [`RegistryError::NotFound`] when the registry has lost the instance;
 //! - [`Registry::describe`] names the backend and its address for logs.
+//!
+//! Besides these, [`Registry::lookup`] reads every node's instances of one service (for
+//! `berth lookup`), and [`Registry::maintain`] is the backend's own background upkeep (etcd:
+//! the lease keep-alive).
 
 pub mod consul;
 mod error;
+pub mod etcd;
 mod instance;
 pub mod memory;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 pub use error::RegistryError;
 pub use instance::{
@@ -33,12 +42,16 @@ pub struct Listing {
     /// Ids of every other entry: other tools' services and other berth nodes' instances.
     /// berth never writes or removes these.
     pub foreign_ids: BTreeSet<String>,
+    /// Owned instances the registry will drop unless they are written again, even though
+    /// nothing about them changed (etcd: keys held by a previous agent process's lease).
+    pub stale: BTreeSet<String>,
 }
 
 /// The registry berth keeps exact. A closed set of backends.
 #[derive(Debug, Clone)]
 pub enum Registry {
     Consul(consul::ConsulRegistry),
+    Etcd(etcd::EtcdRegistry),
     /// In-process registry for unit tests of the reconcile logic and dry runs.
     Memory(memory::MemoryRegistry),
 }
@@ -48,6 +61,7 @@ impl Registry {
     pub async fn list(&self, node: &str) -> Result<Listing, RegistryError> {
         match self {
             Registry::Consul(c) => c.list(node).await,
+            Registry::Etcd(e) => e.list(node).await,
             Registry::Memory(m) => m.list(node),
         }
     }
@@ -57,6 +71,7 @@ impl Registry {
     pub async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
         match self {
             Registry::Consul(c) => c.register(instance).await,
+            Registry::Etcd(e) => e.register(instance).await,
             Registry::Memory(m) => m.register(instance),
         }
     }
@@ -65,6 +80,7 @@ impl Registry {
     pub async fn deregister(&self, id: &str) -> Result<(), RegistryError> {
         match self {
             Registry::Consul(c) => c.deregister(id).await,
+            Registry::Etcd(e) => e.deregister(id).await,
             Registry::Memory(m) => m.deregister(id),
         }
     }
@@ -76,6 +92,7 @@ impl Registry {
     pub async fn heartbeat(&self, id: &str, health: &Health) -> Result<(), RegistryError> {
         match self {
             Registry::Consul(c) => c.heartbeat(id, health).await,
+            Registry::Etcd(e) => e.heartbeat(id, health).await,
             Registry::Memory(m) => m.heartbeat(id, health),
         }
     }
@@ -84,7 +101,32 @@ impl Registry {
     pub fn describe(&self) -> String {
         match self {
             Registry::Consul(c) => c.describe(),
+            Registry::Etcd(e) => e.describe(),
             Registry::Memory(_) => "in-memory registry".to_owned(),
+        }
+    }
+
+    /// Every berth instance of `service` on every node, with its health; with
+    /// `passing_only`, only those whose health is passing.
+    pub async fn lookup(
+        &self,
+        service: &str,
+        passing_only: bool,
+    ) -> Result<Vec<Instance>, RegistryError> {
+        match self {
+            Registry::Consul(c) => c.lookup(service, passing_only).await,
+            Registry::Etcd(e) => e.lookup(service, passing_only).await,
+            Registry::Memory(m) => Ok(m.lookup(service, passing_only)),
+        }
+    }
+
+    /// The backend's background upkeep, until `cancel` fires. It wakes `lost` when the
+    /// registry dropped this agent's registrations wholesale (an etcd lease was lost), so the
+    /// caller writes everything again. Consul and memory need none and wait for `cancel`.
+    pub async fn maintain(&self, lost: Arc<Notify>, cancel: CancellationToken) {
+        match self {
+            Registry::Etcd(e) => e.keep_lease(lost, cancel).await,
+            Registry::Consul(_) | Registry::Memory(_) => cancel.cancelled().await,
         }
     }
 }

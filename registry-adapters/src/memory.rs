@@ -74,6 +74,19 @@ impl MemoryRegistry {
         self.state().entries.clear();
     }
 
+    /// Every berth instance named `service`, any node; passing ones only with `passing_only`.
+    pub fn lookup(&self, service: &str, passing_only: bool) -> Vec<Instance> {
+        self.state()
+            .entries
+            .values()
+            .filter_map(|e| match e {
+                Entry::Berth(i) if i.name == service => Some(i.clone()),
+                _ => None,
+            })
+            .filter(|i| !passing_only || i.health.status == crate::Status::Passing)
+            .collect()
+    }
+
     /// Makes every call fail as if the registry were down.
     pub fn set_unavailable(&self, down: bool) {
         self.state().unavailable = down;

@@ -1,0 +1,673 @@
+//! etcd v3 backend: each instance is a JSON value under `<prefix>/services/<name>/<id>`,
+//! indexed under `<prefix>/nodes/<node>/<id>`, both attached to **one lease per agent**.
+//!
+//! - **Liveness** is the lease: [`EtcdRegistry::keep_lease`] renews it every ttl/3. When the
+//!   agent dies its keys vanish together, one TTL later.
+//! - **Lease loss** (it expired during a partition, was revoked, or etcd lost its state) is
+//!   seen by the renewal, which forgets the lease and signals the caller; the agent then
+//!   resyncs, and every write grants and uses a new lease. No key is written with a lease
+//!   known to be dead: a write that meets "lease not found" drops the lease and retries once.
+//! - **Health** lives in the instance value. A heartbeat with unchanged health costs nothing
+//!   (the lease carries liveness); a changed one rewrites the value.
+//! - **Writes only on change.** This backend remembers what it wrote (and what it last listed)
+//!   and skips a register that would only rewrite the same value under the same lease.
+//! - **Atomicity.** An instance key and its index entry are put and deleted in one
+//!   transaction, so a watcher never sees one without the other. A put refuses to overwrite an
+//!   instance key that this node's index does not point at: that is another node's instance.
+//!
+//! `Client::connect` is lazy here: the first call connects, and a failed connect is retried by
+//! the next call, so the agent starts (and keeps running) while etcd is down.
+//!
+//! What etcd 3.4.23 answers, and how it is read here (pinned by `tests/tests/etcd_backend.rs`):
+//!
+//! | situation                                   | answer                               | result        |
+//! |---------------------------------------------|--------------------------------------|---------------|
+//! | put with a revoked or expired lease         | `NotFound`: requested lease not found | lease dropped, one retry with a new lease |
+//! | keep-alive of an unknown or expired lease   | a response with TTL 0                | lease lost, caller resyncs |
+//! | wrong password, permission denied           | `InvalidArgument` / `PermissionDenied` | `Rejected` |
+//! | auth token expired (e.g. after an etcd restart) | `Unauthenticated`                | token refreshed, `Unavailable` (retried) |
+//! | connection refused, timeout, no leader      |                                      | `Unavailable` |
+
+mod config;
+mod layout;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
+use tokio::sync::{Notify, OnceCell};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tracing::{debug, info, warn};
+
+pub use config::EtcdConfig;
+use layout::segment;
+pub use layout::{Layout, Record};
+
+use crate::{Health, Instance, Listing, RegistryError, Status};
+
+/// Get operations per read transaction (etcd's default `--max-txn-ops` is 128).
+const READ_BATCH: usize = 100;
+
+/// Writes berth's instances to etcd. Clones share one connection, one lease and one record of
+/// what was written.
+#[derive(Clone)]
+pub struct EtcdRegistry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    layout: Layout,
+    node: String,
+    ttl: Duration,
+    request_timeout: Duration,
+    client: OnceCell<Client>,
+    /// The lease every write uses; `None` until the first write and after it was lost.
+    lease: Mutex<Option<i64>>,
+    /// Single-flight for granting a lease; never held by anything but a grant.
+    grant: tokio::sync::Mutex<()>,
+    written: Mutex<Written>,
+}
+
+/// What this agent last wrote or listed, per instance id.
+#[derive(Default)]
+struct Written {
+    /// Bumped on every write; a listing only replaces entries older than its start.
+    seq: u64,
+    entries: HashMap<String, Entry>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    key: String,
+    record: Record,
+    lease: i64,
+    seq: u64,
+}
+
+impl std::fmt::Debug for EtcdRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdRegistry")
+            .field("endpoints", &self.inner.endpoints)
+            .field("layout", &self.inner.layout)
+            .field("node", &self.inner.node)
+            .field("ttl", &self.inner.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one etcd call failed, before it is classified.
+enum Failure {
+    Timeout(Duration),
+    Etcd(etcd_client::Error),
+    /// No connection could be made; already classified.
+    Connect(RegistryError),
+}
+
+impl Failure {
+    fn lease_not_found(&self) -> bool {
+        matches!(self, Failure::Etcd(etcd_client::Error::GRpcStatus(s))
+            if s.code() == Code::NotFound && s.message().contains("lease"))
+    }
+
+    fn unauthenticated(&self) -> bool {
+        matches!(self, Failure::Etcd(etcd_client::Error::GRpcStatus(s)) if s.code() == Code::Unauthenticated)
+    }
+
+    fn into_registry(self, what: &str) -> RegistryError {
+        let unavailable =
+            |message: String, source: Option<etcd_client::Error>| RegistryError::Unavailable {
+                message: format!("{what}: {message}"),
+                source: source.map(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+            };
+        match self {
+            Failure::Timeout(after) => unavailable(format!("no answer within {after:?}"), None),
+            Failure::Etcd(etcd_client::Error::GRpcStatus(s)) => match s.code() {
+                Code::PermissionDenied | Code::InvalidArgument | Code::FailedPrecondition => {
+                    RegistryError::Rejected {
+                        what: what.to_owned(),
+                        message: s.message().to_owned(),
+                    }
+                }
+                _ => unavailable(format!("{:?}: {}", s.code(), s.message()), None),
+            },
+            Failure::Etcd(e @ etcd_client::Error::InvalidUri(_)) => {
+                RegistryError::Config(format!("{what}: {e}"))
+            }
+            Failure::Etcd(e) => unavailable(e.to_string(), Some(e)),
+            Failure::Connect(e) => e,
+        }
+    }
+}
+
+impl EtcdRegistry {
+    /// Checks `config` and reads its certificate files. Connects to nothing yet.
+    pub fn new(config: EtcdConfig) -> Result<EtcdRegistry, RegistryError> {
+        config.validate()?;
+        let options = config.connect_options()?;
+        Ok(EtcdRegistry {
+            inner: Arc::new(Inner {
+                endpoints: config.urls()?,
+                options,
+                layout: Layout::new(&config.prefix)?,
+                node: config.node,
+                ttl: config.ttl,
+                request_timeout: config.request_timeout,
+                client: OnceCell::new(),
+                lease: Mutex::new(None),
+                grant: tokio::sync::Mutex::new(()),
+                written: Mutex::new(Written::default()),
+            }),
+        })
+    }
+
+    /// `etcd at <endpoints> under <prefix>`, for logs.
+    pub fn describe(&self) -> String {
+        format!(
+            "etcd at {} under {}",
+            self.inner.endpoints.join(","),
+            self.inner.layout.services().trim_end_matches("services/")
+        )
+    }
+
+    /// The key layout in use.
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// The lease this agent writes with, if it holds one now.
+    pub fn lease(&self) -> Option<i64> {
+        *lock(&self.inner.lease)
+    }
+
+    async fn client(&self) -> Result<Client, RegistryError> {
+        let inner = &self.inner;
+        let connect = async {
+            let connecting = Client::connect(&inner.endpoints, Some(inner.options.clone()));
+            match tokio::time::timeout(inner.request_timeout, connecting).await {
+                Ok(Ok(client)) => Ok(client),
+                Ok(Err(e)) => Err(Failure::Etcd(e).into_registry("connect to etcd")),
+                Err(_) => {
+                    Err(Failure::Timeout(inner.request_timeout).into_registry("connect to etcd"))
+                }
+            }
+        };
+        inner.client.get_or_try_init(|| connect).await.cloned()
+    }
+
+    /// Runs one request with the request timeout. An expired auth token is refreshed for the
+    /// next attempt.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Failure>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let client = self.client().await.map_err(Failure::Connect)?;
+        let timeout = self.inner.request_timeout;
+        let failure = match tokio::time::timeout(timeout, f(client.clone())).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => Failure::Etcd(e),
+            Err(_) => Failure::Timeout(timeout),
+        };
+        if failure.unauthenticated() {
+            debug!("etcd auth token rejected; refreshing it");
+            let _ = tokio::time::timeout(timeout, client.refresh_token()).await;
+        }
+        Err(failure)
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, Failure> {
+        self.call(|mut c| async move { c.txn(txn).await }).await
+    }
+
+    /// The current lease, granting one when there is none.
+    async fn current_lease(&self) -> Result<i64, RegistryError> {
+        if let Some(id) = self.lease() {
+            return Ok(id);
+        }
+        let _single = self.inner.grant.lock().await;
+        if let Some(id) = self.lease() {
+            return Ok(id);
+        }
+        let ttl = self.inner.ttl.as_secs_f64().ceil() as i64;
+        let granted = self
+            .call(|mut c| async move { c.lease_grant(ttl, None).await })
+            .await
+            .map_err(|f| f.into_registry("grant of the agent's lease"))?;
+        let id = granted.id();
+        *lock(&self.inner.lease) = Some(id);
+        info!(lease = %format!("{id:x}"), ttl = granted.ttl(), "etcd lease granted");
+        Ok(id)
+    }
+
+    /// Forgets `id` if it is still the current lease.
+    fn drop_lease(&self, id: i64) {
+        let mut lease = lock(&self.inner.lease);
+        if *lease == Some(id) {
+            *lease = None;
+        }
+    }
+
+    fn remember(&self, id: &str, key: String, record: Record, lease: i64) {
+        let mut w = lock(&self.inner.written);
+        w.seq += 1;
+        let seq = w.seq;
+        w.entries.insert(
+            id.to_owned(),
+            Entry {
+                key,
+                record,
+                lease,
+                seq,
+            },
+        );
+    }
+
+    fn forget(&self, id: &str) {
+        let mut w = lock(&self.inner.written);
+        w.seq += 1;
+        w.entries.remove(id);
+    }
+
+    fn entry(&self, id: &str) -> Option<Entry> {
+        lock(&self.inner.written).entries.get(id).cloned()
+    }
+
+    /// This node's instances, read through its index. Instances whose keys are held by a
+    /// lease other than the current one (a previous agent process's) are listed in
+    /// `stale`: they vanish with that lease unless written again. Index entries that point
+    /// at nothing are deleted; ones that point at another node's instance make that id
+    /// foreign.
+    pub async fn list(&self, node: &str) -> Result<Listing, RegistryError> {
+        let what = "listing of this node's instances";
+        let started = lock(&self.inner.written).seq;
+        let index_prefix = self.inner.layout.node(node);
+        let prefix = index_prefix.clone();
+        let index = self
+            .call(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .await
+            .map_err(|f| f.into_registry(what))?;
+        // (id, instance key, index key, index mod revision)
+        let mut indexed = Vec::new();
+        for kv in index.kvs() {
+            let (Ok(index_key), Ok(target)) = (kv.key_str(), kv.value_str()) else {
+                continue;
+            };
+            let id = index_key.trim_start_matches(&index_prefix).to_owned();
+            indexed.push((
+                id,
+                target.to_owned(),
+                index_key.to_owned(),
+                kv.mod_revision(),
+            ));
+        }
+
+        let mut found: HashMap<String, (Vec<u8>, i64)> = HashMap::new();
+        for batch in indexed.chunks(READ_BATCH) {
+            let gets: Vec<TxnOp> = batch
+                .iter()
+                .map(|(_, key, _, _)| TxnOp::get(key.as_str(), None))
+                .collect();
+            let resp = self
+                .txn(Txn::new().and_then(gets))
+                .await
+                .map_err(|f| f.into_registry(what))?;
+            for op in resp.op_responses() {
+                if let TxnOpResponse::Get(get) = op {
+                    for kv in get.kvs() {
+                        if let Ok(key) = kv.key_str() {
+                            found.insert(key.to_owned(), (kv.value().to_vec(), kv.lease()));
+                        }
+                    }
+                }
+            }
+        }
+
+        let current = self.lease();
+        let mut listing = Listing::default();
+        let mut entries = HashMap::new();
+        let mut dangling = Vec::new();
+        for (id, key, index_key, index_rev) in indexed {
+            let Some((value, lease)) = found.remove(&key) else {
+                dangling.push((index_key, index_rev));
+                continue;
+            };
+            match serde_json::from_slice::<Record>(&value) {
+                Ok(record) if record.node == node && record.id == id => {
+                    if current != Some(lease) {
+                        listing.stale.insert(id.clone());
+                    }
+                    listing.owned.push(record.clone().into_instance());
+                    entries.insert(
+                        id,
+                        Entry {
+                            key,
+                            record,
+                            lease,
+                            seq: started,
+                        },
+                    );
+                }
+                Ok(record) => {
+                    warn!(service.id = %id, key = %key, owner = %record.node, "this node's index points at an instance another node wrote; leaving it alone");
+                    listing.foreign_ids.insert(id);
+                }
+                Err(error) => {
+                    warn!(service.id = %id, key = %key, %error, "unreadable instance value in etcd; leaving it alone");
+                    listing.foreign_ids.insert(id);
+                }
+            }
+        }
+        for (index_key, rev) in dangling {
+            // Guarded by the revision read, so a concurrent registration is never undone.
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    index_key.as_str(),
+                    CompareOp::Equal,
+                    rev,
+                )])
+                .and_then([TxnOp::delete(index_key.as_str(), None)]);
+            match self.txn(txn).await {
+                Ok(_) => debug!(key = %index_key, "removed an index entry whose instance is gone"),
+                Err(f) => {
+                    debug!(key = %index_key, error = %f.into_registry("cleanup"), "cannot remove a dangling index entry")
+                }
+            }
+        }
+
+        let mut w = lock(&self.inner.written);
+        w.entries.retain(|_, e| e.seq > started);
+        for (id, entry) in entries {
+            w.entries.entry(id).or_insert(entry);
+        }
+        Ok(listing)
+    }
+
+    /// Creates or replaces `instance` (health included) under the agent's lease, with its
+    /// index entry, in one transaction. Writes nothing when the stored value is the same and
+    /// under the current lease.
+    pub async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
+        let what = format!("register of {}", instance.id);
+        segment("service name", &instance.name)?;
+        segment("instance id", &instance.id)?;
+        if instance.origin.node != self.inner.node {
+            return Err(RegistryError::Rejected {
+                what,
+                message: format!(
+                    "instance belongs to node {:?}, this agent is {:?}",
+                    instance.origin.node, self.inner.node
+                ),
+            });
+        }
+        let key = self.inner.layout.instance(&instance.name, &instance.id);
+        let index = self.inner.layout.index(&self.inner.node, &instance.id);
+        let mut retried = false;
+        loop {
+            let lease = self.current_lease().await?;
+            let previous = self.entry(&instance.id);
+            if let Some(p) = &previous
+                && p.lease == lease
+                && p.key == key
+                && p.record.matches(instance, &instance.health)
+            {
+                debug!(service.id = %instance.id, "unchanged in etcd; nothing written");
+                return Ok(());
+            }
+            let record = Record::new(instance, &instance.health, SystemTime::now());
+            let with_lease = Some(PutOptions::new().with_lease(lease));
+            let mut writes = vec![
+                TxnOp::put(key.as_str(), record.to_json(), with_lease.clone()),
+                TxnOp::put(index.as_str(), key.as_str(), with_lease),
+            ];
+            // The service name changed: the old instance key goes in the same transaction.
+            if let Some(p) = previous.filter(|p| p.key != key) {
+                writes.push(TxnOp::delete(p.key, None));
+            }
+            // A new key, or one this node's index points at; anything else is another node's.
+            let txn = Txn::new()
+                .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+                .and_then(writes.clone())
+                .or_else([TxnOp::txn(
+                    Txn::new()
+                        .when([Compare::value(
+                            index.as_str(),
+                            CompareOp::Equal,
+                            key.as_str(),
+                        )])
+                        .and_then(writes),
+                )]);
+            match self.txn(txn).await {
+                Ok(resp) if resp.succeeded() || nested_succeeded(&resp) => {
+                    debug!(service.id = %instance.id, key = %key, lease = %format!("{lease:x}"), "written to etcd");
+                    self.remember(&instance.id, key, record, lease);
+                    return Ok(());
+                }
+                Ok(_) => {
+                    return Err(RegistryError::Rejected {
+                        what,
+                        message: format!("{key} exists and is not this node's; not overwriting it"),
+                    });
+                }
+                Err(f) if f.lease_not_found() && !retried => {
+                    info!(lease = %format!("{lease:x}"), "etcd no longer has the agent's lease; granting a new one");
+                    self.drop_lease(lease);
+                    retried = true;
+                }
+                Err(f) => return Err(f.into_registry(&what)),
+            }
+        }
+    }
+
+    /// Removes the instance `id` and its index entry in one transaction. Removing an id this
+    /// node does not hold succeeds and writes nothing.
+    pub async fn deregister(&self, id: &str) -> Result<(), RegistryError> {
+        let what = format!("deregister of {id}");
+        segment("instance id", id)?;
+        let index = self.inner.layout.index(&self.inner.node, id);
+        let key = match self.entry(id) {
+            Some(e) => e.key,
+            None => {
+                let lookup = index.clone();
+                let resp = self
+                    .call(|mut c| async move { c.get(lookup, None).await })
+                    .await
+                    .map_err(|f| f.into_registry(&what))?;
+                match resp.kvs().first().and_then(|kv| kv.value_str().ok()) {
+                    Some(k) => k.to_owned(),
+                    None => {
+                        self.forget(id);
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let txn = Txn::new()
+            .when([Compare::value(
+                index.as_str(),
+                CompareOp::Equal,
+                key.as_str(),
+            )])
+            .and_then([
+                TxnOp::delete(key.as_str(), None),
+                TxnOp::delete(index.as_str(), None),
+            ]);
+        let resp = self.txn(txn).await.map_err(|f| f.into_registry(&what))?;
+        if !resp.succeeded() {
+            debug!(service.id = %id, "no index entry for it in etcd; nothing to delete");
+        }
+        self.forget(id);
+        Ok(())
+    }
+
+    /// Reports `health`. Liveness is the lease's job, so unchanged health writes nothing; a
+    /// change rewrites the instance value, only if the key still carries the lease it was
+    /// written with. Answers [`RegistryError::NotFound`] when it does not (the lease was lost,
+    /// or the key deleted), or when this backend never wrote or listed `id`: the caller
+    /// registers again.
+    pub async fn heartbeat(&self, id: &str, health: &Health) -> Result<(), RegistryError> {
+        let lost = || RegistryError::NotFound { id: id.to_owned() };
+        let Some(entry) = self.entry(id) else {
+            return Err(lost());
+        };
+        // Liveness is the lease's: a lost lease is reported by `keep_lease`, and a key held
+        // by a previous process's lease is rewritten by the reconciler (`Listing::stale`).
+        if entry.record.health == *health {
+            return Ok(());
+        }
+        let mut record = entry.record.clone();
+        record.health = health.clone();
+        record.updated = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let txn = Txn::new()
+            .when([Compare::lease(
+                entry.key.as_str(),
+                CompareOp::Equal,
+                entry.lease,
+            )])
+            .and_then([TxnOp::put(
+                entry.key.as_str(),
+                record.to_json(),
+                Some(PutOptions::new().with_lease(entry.lease)),
+            )]);
+        match self.txn(txn).await {
+            Ok(resp) if resp.succeeded() => {
+                self.remember(id, entry.key, record, entry.lease);
+                Ok(())
+            }
+            Ok(_) => {
+                self.forget(id);
+                Err(lost())
+            }
+            Err(f) if f.lease_not_found() => {
+                self.forget(id);
+                Err(lost())
+            }
+            Err(f) => Err(f.into_registry(&format!("health update of {id}"))),
+        }
+    }
+
+    /// Every instance of `service` under the prefix, from every node, with the health in its
+    /// value; with `passing_only`, only passing ones.
+    pub async fn lookup(
+        &self,
+        service: &str,
+        passing_only: bool,
+    ) -> Result<Vec<Instance>, RegistryError> {
+        let what = format!("lookup of {service}");
+        segment("service name", service)?;
+        let prefix = self.inner.layout.service(service);
+        let resp = self
+            .call(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .await
+            .map_err(|f| f.into_registry(&what))?;
+        let mut instances = Vec::new();
+        for kv in resp.kvs() {
+            match serde_json::from_slice::<Record>(kv.value()) {
+                Ok(r) if !passing_only || r.health.status == Status::Passing => {
+                    instances.push(r.into_instance());
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    warn!(key = %String::from_utf8_lossy(kv.key()), %error, "unreadable instance value in etcd; skipped");
+                }
+            }
+        }
+        Ok(instances)
+    }
+
+    /// Keeps the agent's lease alive every ttl/3 until `cancel` fires. When etcd answers that
+    /// the lease is gone, forgets it and wakes `lost`: everything must be written again.
+    pub async fn keep_lease(&self, lost: Arc<Notify>, cancel: CancellationToken) {
+        let every = (self.inner.ttl / 3).max(Duration::from_millis(500));
+        let mut keeper: Option<(i64, LeaseKeeper, LeaseKeepAliveStream)> = None;
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let Some(lease) = self.lease() else {
+                keeper = None;
+                continue;
+            };
+            let renewed =
+                tokio::time::timeout(self.inner.request_timeout, self.renew(lease, &mut keeper))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!("no answer within {:?}", self.inner.request_timeout))
+                    });
+            match renewed {
+                Ok(true) => {
+                    if failing {
+                        info!(lease = %format!("{lease:x}"), "etcd lease renewed again");
+                    }
+                    failing = false;
+                }
+                Ok(false) => {
+                    warn!(lease = %format!("{lease:x}"), "etcd lease lost (it expired or etcd lost it); writing every instance again under a new lease");
+                    self.drop_lease(lease);
+                    keeper = None;
+                    failing = false;
+                    lost.notify_one();
+                }
+                Err(error) => {
+                    keeper = None;
+                    if !failing {
+                        warn!(lease = %format!("{lease:x}"), %error, "cannot renew the etcd lease; retrying every {every:?}");
+                    }
+                    failing = true;
+                }
+            }
+        }
+    }
+
+    /// One keep-alive round trip on the (re)opened stream: `Ok(false)` when etcd says the
+    /// lease is gone.
+    async fn renew(
+        &self,
+        lease: i64,
+        keeper: &mut Option<(i64, LeaseKeeper, LeaseKeepAliveStream)>,
+    ) -> Result<bool, String> {
+        if keeper.as_ref().map(|k| k.0) != Some(lease) {
+            let mut client = self.client().await.map_err(|e| e.to_string())?;
+            let (k, s) = client
+                .lease_keep_alive(lease)
+                .await
+                .map_err(|e| e.to_string())?;
+            *keeper = Some((lease, k, s));
+        }
+        let Some((_, k, s)) = keeper.as_mut() else {
+            return Err("no keep-alive stream".into());
+        };
+        k.keep_alive().await.map_err(|e| e.to_string())?;
+        match s.message().await {
+            Ok(Some(resp)) => Ok(resp.ttl() > 0),
+            Ok(None) => Err("keep-alive stream closed".into()),
+            Err(e) => {
+                let failure = Failure::Etcd(e);
+                if failure.lease_not_found() {
+                    Ok(false)
+                } else {
+                    Err(failure.into_registry("lease keep-alive").to_string())
+                }
+            }
+        }
+    }
+}
+
+fn nested_succeeded(resp: &TxnResponse) -> bool {
+    resp.op_responses()
+        .iter()
+        .any(|op| matches!(op, TxnOpResponse::Txn(t) if t.succeeded()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No critical section here can panic half-way through an update.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
