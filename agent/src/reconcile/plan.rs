@@ -45,12 +45,14 @@ pub struct Plan {
 /// - `owned` entries of any other node are ignored: they are never deregistered.
 /// - `desired` ids that belong to someone else (`is_foreign`) or repeat an earlier desired id
 ///   become conflicts, never writes.
-/// - Nothing is planned for an instance whose registration and health are unchanged.
+/// - Nothing is planned for an instance whose registration and health are unchanged, unless
+///   the registry will drop it unless written again (`is_stale`): then it is registered anew.
 pub fn plan(
     node: &str,
     desired: &[Instance],
     owned: &[Instance],
     is_foreign: impl Fn(&str) -> bool,
+    is_stale: impl Fn(&str) -> bool,
 ) -> Plan {
     let owned: BTreeMap<&str, &Instance> = owned
         .iter()
@@ -76,7 +78,9 @@ pub fn plan(
                 reason: "the registry already has this id from another owner; not overwriting it",
             }),
             None => registers.push(Op::Register(d.clone())),
-            Some(o) if !o.same_registration(d) => registers.push(Op::Register(d.clone())),
+            Some(o) if !o.same_registration(d) || is_stale(&d.id) => {
+                registers.push(Op::Register(d.clone()))
+            }
             Some(o) if o.health != d.health => healths.push(Op::SetHealth {
                 id: d.id.clone(),
                 health: d.health.clone(),
@@ -131,13 +135,17 @@ mod tests {
         false
     }
 
+    fn no_stale(_: &str) -> bool {
+        false
+    }
+
     #[test]
     fn empty_to_desired_registers_everything() {
         let d = vec![
             inst("n", "b", 1, Status::Passing),
             inst("n", "a", 1, Status::Passing),
         ];
-        let p = plan("n", &d, &[], no_foreign);
+        let p = plan("n", &d, &[], no_foreign, no_stale);
         assert_eq!(
             p.ops,
             vec![Op::Register(d[1].clone()), Op::Register(d[0].clone())]
@@ -147,7 +155,7 @@ mod tests {
     #[test]
     fn unchanged_plans_nothing() {
         let d = vec![inst("n", "a", 1, Status::Passing)];
-        assert_eq!(plan("n", &d, &d, no_foreign), Plan::default());
+        assert_eq!(plan("n", &d, &d, no_foreign, no_stale), Plan::default());
     }
 
     #[test]
@@ -160,7 +168,7 @@ mod tests {
             inst("n", "a", 2, Status::Passing),
             inst("n", "b", 1, Status::Critical),
         ];
-        let p = plan("n", &desired, &owned, no_foreign);
+        let p = plan("n", &desired, &owned, no_foreign, no_stale);
         assert_eq!(
             p.ops,
             vec![
@@ -179,7 +187,7 @@ mod tests {
             inst("n", "gone", 1, Status::Passing),
             inst("other", "theirs", 1, Status::Passing),
         ];
-        let p = plan("n", &[], &owned, no_foreign);
+        let p = plan("n", &[], &owned, no_foreign, no_stale);
         assert_eq!(p.ops, vec![Op::Deregister { id: "gone".into() }]);
     }
 
@@ -190,7 +198,7 @@ mod tests {
             inst("n", "dup", 1, Status::Passing),
             inst("n", "dup", 2, Status::Passing),
         ];
-        let p = plan("n", &d, &[], |id| id == "x");
+        let p = plan("n", &d, &[], |id| id == "x", no_stale);
         assert_eq!(p.ops, vec![Op::Register(d[1].clone())]);
         assert_eq!(
             p.conflicts
@@ -198,6 +206,24 @@ mod tests {
                 .map(|c| c.id.as_str())
                 .collect::<Vec<_>>(),
             ["x", "dup"]
+        );
+    }
+
+    #[test]
+    fn stale_owned_is_rewritten_when_desired_and_removed_when_not() {
+        let owned = vec![
+            inst("n", "keep", 1, Status::Passing),
+            inst("n", "gone", 1, Status::Passing),
+            inst("n", "fresh", 1, Status::Passing),
+        ];
+        let desired = vec![owned[0].clone(), owned[2].clone()];
+        let p = plan("n", &desired, &owned, no_foreign, |id| id != "fresh");
+        assert_eq!(
+            p.ops,
+            vec![
+                Op::Deregister { id: "gone".into() },
+                Op::Register(owned[0].clone())
+            ]
         );
     }
 
@@ -239,6 +265,7 @@ mod tests {
             desired in prop::collection::vec(arb_instance(), 0..8),
             registry_entries in prop::collection::vec(arb_instance(), 0..8),
             foreign_ids in prop::collection::btree_set(prop::sample::select(vec!["a", "b", "c", "d", "e", "f", "z"]), 0..3),
+            stale_ids in prop::collection::btree_set(prop::sample::select(vec!["a", "b", "c", "d", "e", "f"]), 0..4),
         ) {
             // Desired instances are always this node's.
             let desired: Vec<Instance> = desired.into_iter().map(|mut i| { i.origin.node = "n".into(); i }).collect();
@@ -248,7 +275,7 @@ mod tests {
             let is_foreign = |id: &str| foreign_ids.contains(id) || before.get(id).is_some_and(|i| i.origin.node != "n");
             let owned: Vec<Instance> = registry.values().cloned().collect();
 
-            let p = plan("n", &desired, &owned, is_foreign);
+            let p = plan("n", &desired, &owned, is_foreign, |id| stale_ids.contains(id));
 
             // No duplicate ids among the writes.
             let mut ids = BTreeSet::new();
@@ -263,10 +290,18 @@ mod tests {
                 }
             }
 
-            // Idempotent: once applied, planning again writes nothing.
+            // Every stale instance of this node is written again or removed.
+            for id in &stale_ids {
+                if before.get(*id).is_some_and(|i| i.origin.node == "n") {
+                    prop_assert!(ids.contains(*id), "stale {} left as it was", id);
+                }
+            }
+
+            // Idempotent: once applied (which refreshes what was stale), planning again
+            // writes nothing.
             apply(&mut registry, &p);
             let owned: Vec<Instance> = registry.values().cloned().collect();
-            let again = plan("n", &desired, &owned, is_foreign);
+            let again = plan("n", &desired, &owned, is_foreign, |id| stale_ids.contains(id) && !ids.contains(id));
             prop_assert!(again.ops.is_empty(), "second plan not empty: {:?}", again.ops);
 
             // Other nodes' entries survive untouched.

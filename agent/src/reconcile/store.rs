@@ -21,6 +21,8 @@ struct Inner {
     instances: HashMap<String, Instance>,
     by_container: HashMap<String, BTreeSet<String>>,
     foreign: BTreeSet<String>,
+    /// Owned ids the registry drops unless written again (see `Listing::stale`).
+    stale: BTreeSet<String>,
     schedule: BTreeSet<(Instant, String)>,
     due_at: HashMap<String, Instant>,
     notes: HashMap<String, Vec<Note>>,
@@ -40,6 +42,7 @@ impl Inner {
     }
 
     fn remove(&mut self, id: &str) -> Option<Instance> {
+        self.stale.remove(id);
         let removed = self.instances.remove(id)?;
         self.unschedule(id);
         let container = &removed.origin.container_id;
@@ -97,9 +100,13 @@ impl Store {
             .flatten()
             .filter_map(|id| inner.instances.get(id).cloned())
             .collect();
-        plan(node, desired, &owned, |id| {
-            inner.foreign.contains(id) || inner.instances.contains_key(id)
-        })
+        plan(
+            node,
+            desired,
+            &owned,
+            |id| inner.foreign.contains(id) || inner.instances.contains_key(id),
+            |id| inner.stale.contains(id),
+        )
     }
 
     /// Replaces everything with a fresh registry listing (a snapshot). Known instances keep
@@ -116,6 +123,7 @@ impl Store {
             let at = previous.get(&instance.id).copied().unwrap_or(now);
             inner.insert(instance, at);
         }
+        inner.stale = listing.stale;
         drop(inner);
         self.wake.notify_one();
     }
@@ -299,6 +307,27 @@ mod tests {
         assert_eq!(store.next_due(), Some(slot));
         let p = store.plan_container("n", "c9", &[inst("theirs", "c9")]);
         assert!(p.ops.is_empty() && p.conflicts.len() == 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_instances_are_planned_again_until_written() {
+        let store = Store::new(Duration::from_secs(5));
+        let mut listing = Listing::default();
+        listing.owned.push(inst("a", "c1"));
+        listing.stale.insert("a".into());
+        store.replace(listing);
+        let want = vec![super::super::plan::Op::Register(inst("a", "c1"))];
+        assert_eq!(
+            store.plan_container("n", "c1", &[inst("a", "c1")]).ops,
+            want
+        );
+        store.registered(inst("a", "c1"));
+        assert!(
+            store
+                .plan_container("n", "c1", &[inst("a", "c1")])
+                .ops
+                .is_empty()
+        );
     }
 
     #[test]
