@@ -13,9 +13,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_registry::Registry;
 use berth_registry::consul::{ConsulConfig, ConsulRegistry};
-use tokio::sync::mpsc;
+use berth_registry::etcd::{EtcdConfig, EtcdRegistry};
+use berth_registry::{Registry, RegistryError};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -48,25 +49,10 @@ impl App {
     /// Connects to nothing yet except Docker for the node name when `--node-name` is not set
     /// (retried with backoff until Docker answers or `cancel` fires).
     pub async fn build(config: Config, cancel: &CancellationToken) -> Result<App, BuildError> {
-        let registry = match config.registry {
-            RegistryKind::Consul => Registry::Consul(ConsulRegistry::new(ConsulConfig {
-                addr: config.consul_addr.clone(),
-                token: config.consul_token.clone(),
-                ca_cert: config.consul_cacert.clone(),
-                client_cert: config.consul_client_cert.clone(),
-                client_key: config.consul_client_key.clone(),
-                tls_skip_verify: config.consul_tls_skip_verify,
-                ttl: config.ttl,
-                deregister_critical_after: config.deregister_critical_after,
-                // A heartbeat must fail before the next one is due, never pile up.
-                request_timeout: config
-                    .heartbeat_interval()
-                    .clamp(Duration::from_millis(300), Duration::from_secs(5)),
-            })?),
-            // Config validation refuses etcd until its backend exists.
-            RegistryKind::Etcd => Registry::Memory(Default::default()),
-        };
-        App::with_registry(config, registry, cancel).await
+        let docker = DockerClient::new(config.docker_host.as_deref(), config.docker_timeout)?;
+        let node = node_name(&config, &docker, cancel).await?;
+        let registry = registry(&config, &node)?;
+        Ok(App::assemble(config, docker, node, registry))
     }
 
     /// Like [`App::build`] with a given registry (in-process tests use the memory backend).
@@ -76,11 +62,11 @@ impl App {
         cancel: &CancellationToken,
     ) -> Result<App, BuildError> {
         let docker = DockerClient::new(config.docker_host.as_deref(), config.docker_timeout)?;
+        let node = node_name(&config, &docker, cancel).await?;
+        Ok(App::assemble(config, docker, node, registry))
+    }
 
-        let node = match &config.node_name {
-            Some(n) => n.clone(),
-            None => docker_node_name(docker.clone(), cancel).await?,
-        };
+    fn assemble(config: Config, docker: DockerClient, node: String, registry: Registry) -> App {
         let host_ip: IpAddr = match config.host_ip {
             Some(ip) => ip,
             None => {
@@ -108,7 +94,7 @@ impl App {
             explicit: config.explicit,
         };
         let store = Arc::new(Store::new(config.heartbeat_interval()));
-        Ok(App {
+        App {
             ctx: Context {
                 docker,
                 registry,
@@ -116,12 +102,18 @@ impl App {
                 settings: Arc::new(settings),
             },
             config,
-        })
+        }
     }
 
-    /// Spawns the source, the reconciler and the heartbeater.
+    /// Spawns the source, the reconciler, the heartbeater and the registry's upkeep.
     pub fn spawn(self, tracker: &TaskTracker, cancel: CancellationToken) {
         let (tx, rx) = mpsc::channel(1024);
+        // The registry lost this agent's registrations wholesale: relist Docker now.
+        let resync_now = Arc::new(Notify::new());
+        let registry = self.ctx.registry.clone();
+        let maintain_cancel = cancel.clone();
+        let lost = resync_now.clone();
+        tracker.spawn(async move { registry.maintain(lost, maintain_cancel).await });
         // The reconciler must outlive the source so in-flight writes finish; it stops on
         // cancel and then drains.
         tracker.spawn(
@@ -143,9 +135,54 @@ impl App {
         tracker.spawn(docker::run_source(
             self.ctx.docker.clone(),
             self.config.resync,
+            resync_now,
             tx,
             cancel,
         ));
+    }
+}
+
+/// The backend `config` selects, for node `node`. Connects to nothing yet.
+pub fn registry(config: &Config, node: &str) -> Result<Registry, RegistryError> {
+    // A write must fail before the next heartbeat is due, never pile up.
+    let request_timeout = config
+        .heartbeat_interval()
+        .clamp(Duration::from_millis(300), Duration::from_secs(5));
+    Ok(match config.registry {
+        RegistryKind::Consul => Registry::Consul(ConsulRegistry::new(ConsulConfig {
+            addr: config.consul_addr.clone(),
+            token: config.consul_token.clone(),
+            ca_cert: config.consul_cacert.clone(),
+            client_cert: config.consul_client_cert.clone(),
+            client_key: config.consul_client_key.clone(),
+            tls_skip_verify: config.consul_tls_skip_verify,
+            ttl: config.ttl,
+            deregister_critical_after: config.deregister_critical_after,
+            request_timeout,
+        })?),
+        RegistryKind::Etcd => Registry::Etcd(EtcdRegistry::new(EtcdConfig {
+            endpoints: config.etcd_endpoints.clone(),
+            prefix: config.etcd_prefix.clone(),
+            node: node.to_owned(),
+            user: config.etcd_user.clone(),
+            password: config.etcd_password.clone(),
+            ca_cert: config.etcd_cacert.clone(),
+            client_cert: config.etcd_cert.clone(),
+            client_key: config.etcd_key.clone(),
+            ttl: config.ttl,
+            request_timeout,
+        })?),
+    })
+}
+
+async fn node_name(
+    config: &Config,
+    docker: &DockerClient,
+    cancel: &CancellationToken,
+) -> Result<String, BuildError> {
+    match &config.node_name {
+        Some(n) => Ok(n.clone()),
+        None => docker_node_name(docker.clone(), cancel).await,
     }
 }
 

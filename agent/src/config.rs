@@ -21,7 +21,7 @@ use serde::Deserialize;
 #[command(
     name = "berth",
     version,
-    about = "Registers Docker containers in Consul, kept exact."
+    about = "Registers Docker containers in Consul or etcd, kept exact."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -32,21 +32,63 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: watch Docker and keep the registry exact.
     Run(RunArgs),
+    /// Print the instances of a service that berth registered, from every node.
+    Lookup(LookupArgs),
+}
+
+/// Which registry to talk to, and how. Shared by `berth run` and `berth lookup`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct RegistryArgs {
+    /// TOML or YAML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Registry backend [default: consul].
+    #[arg(long = "registry", value_name = "consul|etcd")]
+    pub kind: Option<String>,
+    /// Consul agent address [env: CONSUL_HTTP_ADDR] [default: http://127.0.0.1:8500].
+    #[arg(long, value_name = "URL")]
+    pub consul_addr: Option<String>,
+    /// etcd endpoints, repeated or comma-separated [env: ETCDCTL_ENDPOINTS] [default: http://127.0.0.1:2379].
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix for everything berth writes to etcd [default: /berth].
+    #[arg(long, value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
+    /// etcd user; the password comes from BERTH_ETCD_PASSWORD or the config file.
+    #[arg(long, value_name = "USER")]
+    pub etcd_user: Option<String>,
+    /// PEM CA bundle for https etcd endpoints [env: ETCDCTL_CACERT].
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// PEM client certificate for etcd [env: ETCDCTL_CERT].
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM key of --etcd-cert [env: ETCDCTL_KEY].
+    #[arg(long, value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+}
+
+/// `berth lookup <service>`.
+#[derive(Debug, Args)]
+pub struct LookupArgs {
+    /// Service name.
+    pub service: String,
+    /// Only instances whose health is passing.
+    #[arg(long)]
+    pub passing: bool,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// Flags of `berth run`. Every flag also has a `BERTH_<NAME>` variable and a config-file key
 /// (`node_name` for `--node-name`); see docs/configuration.md.
 #[derive(Debug, Default, Args)]
 pub struct RunArgs {
-    /// TOML or YAML configuration file.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Registry backend: consul (etcd is planned).
-    #[arg(long, value_name = "consul|etcd")]
-    pub registry: Option<String>,
-    /// Consul agent address [env: CONSUL_HTTP_ADDR] [default: http://127.0.0.1:8500].
-    #[arg(long, value_name = "URL")]
-    pub consul_addr: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Node identity used in instance ids and ownership [default: Docker's node name].
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
@@ -62,7 +104,8 @@ pub struct RunArgs {
     /// Register only containers or ports that carry a service-name label.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub explicit: Option<bool>,
-    /// TTL of each instance's heartbeat check; refreshed every ttl/3 [default: 15s].
+    /// TTL of each instance's heartbeat check (Consul) or of the agent's lease (etcd);
+    /// refreshed every ttl/3 [default: 15s].
     #[arg(long, value_name = "DURATION")]
     pub ttl: Option<String>,
     /// Full resync period [default: 30s].
@@ -137,6 +180,24 @@ pub struct Config {
     pub consul_client_key: Option<PathBuf>,
     #[serde(default)]
     pub consul_tls_skip_verify: bool,
+    /// etcd endpoints: a list, or one comma-separated string (as flags and env give it).
+    #[serde(
+        default = "default_etcd_endpoints",
+        deserialize_with = "string_or_list"
+    )]
+    pub etcd_endpoints: Vec<String>,
+    #[serde(default = "default_etcd_prefix")]
+    pub etcd_prefix: String,
+    #[serde(default)]
+    pub etcd_user: Option<String>,
+    #[serde(default)]
+    pub etcd_password: Option<String>,
+    #[serde(default)]
+    pub etcd_cacert: Option<PathBuf>,
+    #[serde(default)]
+    pub etcd_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub etcd_key: Option<PathBuf>,
     #[serde(default)]
     pub node_name: Option<String>,
     #[serde(default)]
@@ -170,6 +231,33 @@ pub struct Config {
 fn default_consul_addr() -> String {
     "http://127.0.0.1:8500".to_owned()
 }
+fn default_etcd_endpoints() -> Vec<String> {
+    vec!["http://127.0.0.1:2379".to_owned()]
+}
+fn default_etcd_prefix() -> String {
+    "/berth".to_owned()
+}
+
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    Ok(items
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
 fn default_ttl() -> Duration {
     Duration::from_secs(15)
 }
@@ -204,6 +292,13 @@ const KEYS: &[&str] = &[
     "consul_client_cert",
     "consul_client_key",
     "consul_tls_skip_verify",
+    "etcd_endpoints",
+    "etcd_prefix",
+    "etcd_user",
+    "etcd_password",
+    "etcd_cacert",
+    "etcd_cert",
+    "etcd_key",
     "node_name",
     "host_ip",
     "internal",
@@ -226,6 +321,10 @@ const CONSUL_ENV: &[(&str, &str)] = &[
     ("CONSUL_CACERT", "consul_cacert"),
     ("CONSUL_CLIENT_CERT", "consul_client_cert"),
     ("CONSUL_CLIENT_KEY", "consul_client_key"),
+    ("ETCDCTL_ENDPOINTS", "etcd_endpoints"),
+    ("ETCDCTL_CACERT", "etcd_cacert"),
+    ("ETCDCTL_CERT", "etcd_cert"),
+    ("ETCDCTL_KEY", "etcd_key"),
     ("DOCKER_HOST", "docker_host"),
 ];
 
@@ -234,7 +333,7 @@ impl Config {
     pub fn load(args: &RunArgs, env: &dyn Env) -> Result<Config, ConfigError> {
         let mut builder = config::Config::builder();
 
-        if let Some(path) = &args.config {
+        if let Some(path) = &args.registry.config {
             if !path.is_file() {
                 return Err(ConfigError::Invalid(format!(
                     "config file {} does not exist",
@@ -250,6 +349,17 @@ impl Config {
             if let Some(v) = env.var(var) {
                 foreign.insert((*key).to_owned(), v);
             }
+        }
+        // etcdctl's `user:password` form.
+        if let Some(user) = env.var("ETCDCTL_USER") {
+            let (user, password) = user.split_once(':').unwrap_or((user.as_str(), ""));
+            foreign.insert("etcd_user".to_owned(), user.to_owned());
+            if !password.is_empty() {
+                foreign.insert("etcd_password".to_owned(), password.to_owned());
+            }
+        }
+        if let Some(password) = env.var("ETCDCTL_PASSWORD") {
+            foreign.insert("etcd_password".to_owned(), password);
         }
         if env.var("CONSUL_HTTP_SSL_VERIFY").as_deref() == Some("false") {
             foreign.insert("consul_tls_skip_verify".to_owned(), "true".to_owned());
@@ -273,9 +383,20 @@ impl Config {
         }
         builder = builder.add_source(config::Environment::default().source(Some(berth)));
 
-        let flags: [(&str, Option<String>); 13] = [
-            ("registry", args.registry.clone()),
-            ("consul_addr", args.consul_addr.clone()),
+        let r = &args.registry;
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let flags: [(&str, Option<String>); 19] = [
+            ("registry", r.kind.clone()),
+            ("consul_addr", r.consul_addr.clone()),
+            (
+                "etcd_endpoints",
+                (!r.etcd_endpoints.is_empty()).then(|| r.etcd_endpoints.join(",")),
+            ),
+            ("etcd_prefix", r.etcd_prefix.clone()),
+            ("etcd_user", r.etcd_user.clone()),
+            ("etcd_cacert", path(&r.etcd_cacert)),
+            ("etcd_cert", path(&r.etcd_cert)),
+            ("etcd_key", path(&r.etcd_key)),
             ("node_name", args.node_name.clone()),
             ("host_ip", args.host_ip.clone()),
             ("internal", args.internal.map(|b| b.to_string())),
@@ -304,11 +425,28 @@ impl Config {
 
     fn validate(self) -> Result<Config, ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.registry == RegistryKind::Etcd {
-            return bad("--registry etcd: the etcd backend is not built yet; use consul".into());
-        }
         if self.ttl < Duration::from_secs(1) {
             return bad(format!("--ttl {:?} is below the 1s minimum", self.ttl));
+        }
+        if self.registry == RegistryKind::Etcd && self.ttl < Duration::from_secs(2) {
+            return bad(format!(
+                "--ttl {:?} is below etcd's 2s minimum lease",
+                self.ttl
+            ));
+        }
+        if self.etcd_endpoints.is_empty() {
+            return bad("--etcd-endpoints is empty".into());
+        }
+        if !self.etcd_prefix.starts_with('/') {
+            return bad(format!(
+                "--etcd-prefix {:?} must start with '/'",
+                self.etcd_prefix
+            ));
+        }
+        if self.etcd_user.is_some() != self.etcd_password.is_some() {
+            return bad(
+                "--etcd-user needs a password (BERTH_ETCD_PASSWORD or etcd_password in the config file), and a password needs a user".into(),
+            );
         }
         if self.resync < Duration::from_secs(1) {
             return bad(format!(
@@ -341,6 +479,16 @@ impl Config {
         Ok(self)
     }
 
+    /// The configuration `berth lookup` uses: the registry settings of `args` merged with
+    /// the environment and config file exactly as `berth run` merges them.
+    pub fn load_registry(args: &RegistryArgs, env: &dyn Env) -> Result<Config, ConfigError> {
+        let run = RunArgs {
+            registry: args.clone(),
+            ..RunArgs::default()
+        };
+        Config::load(&run, env)
+    }
+
     /// How often each instance is heartbeated: a third of the TTL.
     pub fn heartbeat_interval(&self) -> Duration {
         self.ttl / 3
@@ -364,6 +512,7 @@ mod tests {
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full).unwrap().command {
             Command::Run(a) => a,
+            Command::Lookup(_) => unreachable!("parsed `run`"),
         }
     }
 
@@ -477,11 +626,9 @@ mod tests {
             (&["--ttl", "500ms"], &[], "below the 1s minimum"),
             (&["--host-ip", "not-an-ip"], &[], "host_ip"),
             (&["--registry", "zookeeper"], &[], "registry"),
-            (
-                &["--registry", "etcd"],
-                &[],
-                "etcd backend is not built yet",
-            ),
+            (&["--registry", "etcd", "--ttl", "1s"], &[], "2s minimum"),
+            (&["--etcd-prefix", "berth"], &[], "must start with '/'"),
+            (&["--etcd-user", "root"], &[], "needs a password"),
             (&["--log-format", "xml"], &[], "log_format"),
             (&[], &[("BERTH_RESYNC", "0s")], "resync"),
             (
@@ -506,6 +653,82 @@ mod tests {
             );
             assert!(!err.contains('\n'), "one line: {err:?}");
         }
+    }
+
+    #[test]
+    fn etcd_settings_from_flags_env_and_file() {
+        let c = Config::load(&args(&["--registry", "etcd"]), &env(&[])).unwrap();
+        assert_eq!(c.registry, RegistryKind::Etcd);
+        assert_eq!(c.etcd_endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(c.etcd_prefix, "/berth");
+
+        let a = args(&[
+            "--registry",
+            "etcd",
+            "--etcd-endpoints",
+            "http://a:2379,http://b:2379",
+            "--etcd-endpoints",
+            "http://c:2379",
+            "--etcd-prefix",
+            "/svc",
+        ]);
+        let c = Config::load(&a, &env(&[("ETCDCTL_ENDPOINTS", "http://ignored:1")])).unwrap();
+        assert_eq!(
+            c.etcd_endpoints,
+            ["http://a:2379", "http://b:2379", "http://c:2379"]
+        );
+        assert_eq!(c.etcd_prefix, "/svc");
+
+        let c = Config::load(
+            &args(&[]),
+            &env(&[
+                ("ETCDCTL_ENDPOINTS", "http://x:2379,http://y:2379"),
+                ("ETCDCTL_USER", "root:pw"),
+                ("BERTH_ETCD_PREFIX", "/p"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.etcd_endpoints, ["http://x:2379", "http://y:2379"]);
+        assert_eq!(c.etcd_user.as_deref(), Some("root"));
+        assert_eq!(c.etcd_password.as_deref(), Some("pw"));
+        assert_eq!(c.etcd_prefix, "/p");
+
+        let dir = std::env::temp_dir().join(format!("berth-cfg-e-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("berth.yaml");
+        std::fs::write(
+            &file,
+            "registry: etcd\netcd_endpoints:\n  - http://f1:2379\n  - http://f2:2379\netcd_user: u\netcd_password: p\n",
+        )
+        .unwrap();
+        let c = Config::load(&args(&["--config", file.to_str().unwrap()]), &env(&[])).unwrap();
+        assert_eq!(c.etcd_endpoints, ["http://f1:2379", "http://f2:2379"]);
+        assert_eq!(c.etcd_password.as_deref(), Some("p"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lookup_parses_and_shares_the_registry_settings() {
+        let cli = Cli::try_parse_from([
+            "berth",
+            "lookup",
+            "web",
+            "--passing",
+            "--json",
+            "--registry",
+            "etcd",
+            "--etcd-prefix",
+            "/x",
+        ])
+        .unwrap();
+        let Command::Lookup(l) = cli.command else {
+            panic!("not lookup")
+        };
+        assert!(l.passing && l.json);
+        assert_eq!(l.service, "web");
+        let c = Config::load_registry(&l.registry, &env(&[])).unwrap();
+        assert_eq!(c.registry, RegistryKind::Etcd);
+        assert_eq!(c.etcd_prefix, "/x");
     }
 
     #[test]

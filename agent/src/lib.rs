@@ -8,5 +8,6 @@ pub mod config;
 pub mod docker;
 pub mod hostip;
 pub mod labels;
+pub mod lookup;
 pub mod reconcile;
 pub mod telemetry;

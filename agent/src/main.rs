@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use berth::app::App;
-use berth::config::{Cli, Command, Config, ProcessEnv};
+use berth::config::{Cli, Command, Config, LookupArgs, ProcessEnv};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,7 +35,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Lookup(args) => return lookup(args),
+    };
     let config = match Config::load(&args, &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
@@ -62,6 +65,60 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `berth lookup`: one registry read, printed; exit 1 with one line when it fails.
+fn lookup(args: LookupArgs) -> ExitCode {
+    let config = match Config::load_registry(&args.registry, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let node = config
+        .node_name
+        .clone()
+        .unwrap_or_else(|| "lookup".to_owned());
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+        .and_then(|rt| {
+            rt.block_on(async {
+                let registry = berth::app::registry(&config, &node)?;
+                let rows = berth::lookup::rows(&registry, &args.service, args.passing).await;
+                rows.with_context(|| format!("lookup in {}", registry.describe()))
+            })
+        });
+    let rows = match result {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let out = if args.json {
+        serde_json::to_string_pretty(&rows)
+            .map(|s| s + "\n")
+            .unwrap_or_default()
+    } else if rows.is_empty() {
+        eprintln!("berth: no instances of {}", args.service);
+        String::new()
+    } else {
+        berth::lookup::table(&rows)
+    };
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -33,7 +33,9 @@ fn config(node: &str) -> Config {
         "--ttl",
         "3s",
     ];
-    let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command;
+    let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
+        panic!("parsed `run`")
+    };
     Config::load(&args, &HashMap::<String, String>::new()).unwrap()
 }
 

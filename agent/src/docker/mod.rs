@@ -9,6 +9,7 @@
 pub mod view;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -17,7 +18,7 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{EventMessage, EventMessageTypeEnum};
 use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -219,12 +220,13 @@ pub fn reconnect_backoff() -> impl Iterator<Item = Duration> {
 pub async fn run_source(
     mut docker: DockerClient,
     resync: Duration,
+    resync_now: Arc<Notify>,
     tx: mpsc::Sender<Trigger>,
     cancel: CancellationToken,
 ) {
     let mut backoff = reconnect_backoff();
     loop {
-        match watch_once(&mut docker, resync, &tx, &cancel).await {
+        match watch_once(&mut docker, resync, &resync_now, &tx, &cancel).await {
             Ok(()) => return, // cancelled
             Err(reason) => {
                 if reason.healthy {
@@ -261,6 +263,7 @@ impl std::fmt::Display for Ended {
 async fn watch_once(
     docker: &mut DockerClient,
     resync: Duration,
+    resync_now: &Notify,
     tx: &mpsc::Sender<Trigger>,
     cancel: &CancellationToken,
 ) -> Result<(), Ended> {
@@ -292,6 +295,14 @@ async fn watch_once(
                 let ids = docker.list_ids().await.map_err(fail(healthy))?;
                 healthy = true;
                 debug!(containers = ids.len(), "periodic resync");
+                if tx.send(Trigger::Snapshot(ids)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = resync_now.notified() => {
+                let ids = docker.list_ids().await.map_err(fail(healthy))?;
+                info!(containers = ids.len(), "resync requested by the registry backend");
+                tick.reset();
                 if tx.send(Trigger::Snapshot(ids)).await.is_err() {
                     return Ok(());
                 }
