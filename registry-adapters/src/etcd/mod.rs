@@ -23,7 +23,7 @@
 //! | situation                                   | answer                               | result        |
 //! |---------------------------------------------|--------------------------------------|---------------|
 //! | put with a revoked or expired lease         | `NotFound`: requested lease not found | lease dropped, one retry with a new lease |
-//! | keep-alive of an unknown or expired lease   | a response with TTL 0                | lease lost, caller resyncs |
+//! | keep-alive of an unknown or expired lease   | a response with TTL 0 (etcd-client: `LeaseKeepAliveError("lease not found")` when the stream is opened) | lease lost, caller resyncs |
 //! | wrong password, permission denied           | `InvalidArgument` / `PermissionDenied` | `Rejected` |
 //! | auth token expired (e.g. after an etcd restart) | `Unauthenticated`                | token refreshed, `Unavailable` (retried) |
 //! | connection refused, timeout, no leader      |                                      | `Unavailable` |
@@ -636,10 +636,20 @@ impl EtcdRegistry {
     ) -> Result<bool, String> {
         if keeper.as_ref().map(|k| k.0) != Some(lease) {
             let mut client = self.client().await.map_err(|e| e.to_string())?;
-            let (k, s) = client
-                .lease_keep_alive(lease)
-                .await
-                .map_err(|e| e.to_string())?;
+            // Opening the stream renews once; it answers this error for a TTL of 0.
+            let (k, s) = match client.lease_keep_alive(lease).await {
+                Ok(opened) => opened,
+                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
+                    return Ok(false);
+                }
+                Err(e) => {
+                    let failure = Failure::Etcd(e);
+                    if failure.lease_not_found() {
+                        return Ok(false);
+                    }
+                    return Err(failure.into_registry("lease keep-alive").to_string());
+                }
+            };
             *keeper = Some((lease, k, s));
         }
         let Some((_, k, s)) = keeper.as_mut() else {
