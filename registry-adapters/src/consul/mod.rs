@@ -208,7 +208,8 @@ impl ConsulRegistry {
     ///
     /// This reads the catalog, which agents update lazily when only a check's output changed
     /// (`check_update_interval`, 5 minutes by default): the status is current, the output may
-    /// lag behind.
+    /// lag behind. For instances on the local agent's node, status and output are taken from
+    /// the agent itself (`/v1/agent/checks`), which is always current.
     pub async fn lookup(
         &self,
         service: &str,
@@ -218,11 +219,12 @@ impl ConsulRegistry {
         addressable(service, &what)?;
         let query = if passing_only { "?passing=true" } else { "" };
         let url = self.agent.url("/v1/health/service/", service, query);
-        let entries = self
-            .agent
-            .get_json::<Vec<Value>>(&url)
-            .await
-            .map_err(|e| e.into_registry(&what))?;
+        let checks_url = self.agent.url("/v1/agent/checks", "", "");
+        let (entries, local) = tokio::try_join!(
+            self.agent.get_json::<Vec<Value>>(&url),
+            self.agent.get_json::<HashMap<String, Value>>(&checks_url),
+        )
+        .map_err(|e| e.into_registry(&what))?;
 
         let mut instances = Vec::new();
         for value in entries {
@@ -239,6 +241,13 @@ impl ConsulRegistry {
                 .iter()
                 .find(|c| c.check_id == check)
                 .map_or_else(missing_check, |c| c.health());
+            // For instances on the local agent, its own view is current; the catalog's
+            // output may lag behind it (see above).
+            let health = local
+                .get(&check)
+                .and_then(|c| serde_json::from_value::<wire::Check>(c.clone()).ok())
+                .filter(|c| c.node == entry.node.node)
+                .map_or(health, |c| c.health());
             let mut found = entry.service;
             if found.address.is_empty() {
                 // Consul's rule: a service without an address is reached at its node's.

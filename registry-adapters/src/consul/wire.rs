@@ -159,6 +159,9 @@ pub(super) struct Check {
     pub status: String,
     #[serde(deserialize_with = "nullable")]
     pub output: String,
+    /// The Consul node the check runs on.
+    #[serde(deserialize_with = "nullable")]
+    pub node: String,
 }
 
 impl Check {
@@ -196,6 +199,8 @@ pub(super) struct HealthEntry {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub(super) struct Node {
+    #[serde(deserialize_with = "nullable")]
+    pub node: String,
     #[serde(deserialize_with = "nullable")]
     pub address: String,
 }
