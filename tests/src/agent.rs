@@ -2,7 +2,7 @@
 //!
 //! [`berth_bin`] builds the binary once per test process with the same cargo that runs the
 //! tests. [`Agent`] runs `berth run …` with its output in a log file, and [`diagnose`] turns
-//! the agent logs and Consul's view into the text a failing assertion should carry.
+//! the agent logs and the registry's view into the text a failing assertion should carry.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -85,9 +85,34 @@ pub fn standard_args(consul_addr: &str, node: &str) -> Vec<String> {
     .collect()
 }
 
+/// The arguments every etcd test agent gets: `run` against the etcd at `endpoint` under
+/// `prefix` as node `node`, host IP 127.0.0.1, TTL 3s, resync 30s.
+pub fn standard_etcd_args(endpoint: &str, prefix: &str, node: &str) -> Vec<String> {
+    [
+        "run",
+        "--registry",
+        "etcd",
+        "--etcd-endpoints",
+        endpoint,
+        "--etcd-prefix",
+        prefix,
+        "--node-name",
+        node,
+        "--host-ip",
+        "127.0.0.1",
+        "--ttl",
+        "3s",
+        "--resync",
+        "30s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// `BERTH_LOG` for test agents: berth's own debug events, without the HTTP and TLS clients'
 /// per-request chatter that would push them out of the log tail in a failure message.
-pub const LOG_FILTER: &str = "debug,hyper=info,hyper_util=info,reqwest=info,rustls=info,rustls_platform_verifier=info,bollard=info,h2=info";
+pub const LOG_FILTER: &str = "debug,hyper=info,hyper_util=info,reqwest=info,rustls=info,rustls_platform_verifier=info,bollard=info,h2=info,tower=info,tonic=info";
 
 /// A running `berth` process. Killed (SIGKILL) on drop if still running.
 #[derive(Debug)]
@@ -100,13 +125,18 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// `berth run` with [`standard_args`] plus `extra`.
-    /// A flag in `extra` that [`standard_args`] also sets (e.g. `--resync 2s`) replaces the
-    /// standard value rather than repeating the flag.
+    /// `berth run` against `consul` with [`standard_args`] plus `extra`
+    /// (see [`Agent::run_args`]).
     pub fn run<S: AsRef<str>>(consul: &ConsulServer, node: &str, extra: &[S]) -> Agent {
+        Agent::run_args(standard_args(&consul.addr(), node), extra)
+    }
+
+    /// `berth` with `standard` (`run` followed by flag/value pairs, as [`standard_args`] or
+    /// [`standard_etcd_args`] build them) plus `extra`. A flag in `extra` that `standard`
+    /// also sets (e.g. `--resync 2s`) replaces the standard value rather than repeating it.
+    pub fn run_args<S: AsRef<str>>(standard: Vec<String>, extra: &[S]) -> Agent {
         let extra: Vec<String> = extra.iter().map(|s| s.as_ref().to_string()).collect();
-        let standard = standard_args(&consul.addr(), node);
-        let mut args = vec![standard[0].clone()];
+        let mut args = standard[..1].to_vec();
         for pair in standard[1..].chunks(2) {
             if !extra.contains(&pair[0]) {
                 args.extend_from_slice(pair);
@@ -308,7 +338,8 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn indent(s: &str) -> String {
+/// `s` with every line indented by four spaces.
+pub fn indent(s: &str) -> String {
     s.lines()
         .map(|l| format!("    {l}"))
         .collect::<Vec<_>>()
@@ -363,7 +394,8 @@ fn quiet_consul_log(log: &str) -> String {
         .join("\n")
 }
 
-fn clip(s: &str, max: usize) -> String {
+/// `s` cut to at most `max` bytes, saying how much was left out.
+pub fn clip(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
@@ -376,7 +408,13 @@ fn clip(s: &str, max: usize) -> String {
 
 /// Everything a failure message should carry: Consul's state and each agent's log tail.
 pub fn diagnose(consul: &ConsulServer, agents: &mut [&mut Agent]) -> String {
-    let mut out = consul_state(consul);
+    diagnose_with(consul_state(consul), agents)
+}
+
+/// `registry_state` (a registry's view, as [`consul_state`] formats Consul's) followed by
+/// each agent's log tail.
+pub fn diagnose_with(registry_state: String, agents: &mut [&mut Agent]) -> String {
+    let mut out = registry_state;
     for a in agents.iter_mut() {
         out.push('\n');
         out.push_str(&a.describe(60));

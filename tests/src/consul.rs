@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{free_port, wait_for};
+use crate::free_port;
 
 /// `consul agent -dev` on 127.0.0.1 as node `node`, with extra `-hcl` configuration snippets
 /// (ports, ACLs, TLS). The caller sets its output and spawns it.
@@ -39,29 +39,47 @@ pub struct ConsulServer {
 }
 
 impl ConsulServer {
-    /// Starts a dev agent and waits until it has a leader and answers the agent API.
+    /// Starts a dev agent and waits until it has a leader and answers the agent API. When it
+    /// exits at once (another process took one of its six ports between picking and
+    /// binding), it is started again on fresh ports, up to three times.
     pub fn start() -> ConsulServer {
         crate::crypto();
         let http_port = free_port();
-        let dns_port = free_port();
-        let ports = [free_port(), free_port(), free_port(), free_port()];
-        let data_log = std::env::temp_dir().join(format!("berth-consul-{http_port}.log"));
         let mut server = ConsulServer {
             child: None,
             http_port,
-            dns_port,
-            ports,
-            data_log,
+            dns_port: free_port(),
+            ports: [free_port(), free_port(), free_port(), free_port()],
+            data_log: std::env::temp_dir().join(format!("berth-consul-{http_port}.log")),
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap(),
         };
-        server.spawn();
-        server
+        for attempt in 1..=3 {
+            match server.try_spawn() {
+                Ok(()) => return server,
+                Err(why) if attempt < 3 => {
+                    eprintln!("consul did not start ({why}); retrying on fresh ports");
+                    server.http_port = free_port();
+                    server.dns_port = free_port();
+                    server.ports = [free_port(), free_port(), free_port(), free_port()];
+                }
+                Err(why) => panic!("consul did not start: {why}"),
+            }
+        }
+        unreachable!("the last attempt panics")
     }
 
     fn spawn(&mut self) {
+        if let Err(why) = self.try_spawn() {
+            panic!("consul did not start: {why}");
+        }
+    }
+
+    /// Starts the agent on the current ports and waits for a leader; `Err` with the log tail
+    /// when it exits or has no leader within 30 s.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let [serf_lan, serf_wan, server, grpc] = self.ports;
         let hcl = format!(
             "ports {{ http = {} dns = {} serf_lan = {serf_lan} serf_wan = {serf_wan} server = {server} grpc = {grpc} }}",
@@ -74,16 +92,34 @@ impl ConsulServer {
             .spawn()
             .expect("start consul (is it installed? run scripts/install-deps.sh)");
         self.child = Some(child);
-        wait_for("consul leader", Duration::from_secs(30), || {
+        let start = std::time::Instant::now();
+        loop {
             let leader = self
                 .http
                 .get(format!("{}/v1/status/leader", self.addr()))
                 .send()
-                .ok()?
-                .text()
-                .ok()?;
-            (leader.trim().len() > 2).then_some(())
-        });
+                .ok()
+                .and_then(|r| r.text().ok());
+            if leader.is_some_and(|l| l.trim().len() > 2) {
+                return Ok(());
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || start.elapsed() > Duration::from_secs(30) {
+                self.stop();
+                let why = match exited {
+                    Some(status) => format!("it exited ({status})"),
+                    None => "no leader after 30s".to_owned(),
+                };
+                return Err(format!(
+                    "{why}; log tail:\n{}",
+                    crate::agent::tail(&self.log(), 15)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `http://127.0.0.1:<port>`
@@ -182,5 +218,23 @@ impl Drop for ConsulServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_file(&self.data_log);
+    }
+}
+
+/// Makes a CA, a server certificate (for 127.0.0.1 and localhost) and a client certificate in
+/// `dir` with `consul tls` (files `consul-agent-ca.pem`, `dc1-server-consul-0{,-key}.pem`,
+/// `dc1-client-consul-0{,-key}.pem`). Used for Consul's and etcd's TLS tests.
+pub fn make_certs(dir: &std::path::Path) {
+    for args in [
+        &["tls", "ca", "create"][..],
+        &["tls", "cert", "create", "-server", "-dc", "dc1"],
+        &["tls", "cert", "create", "-client", "-dc", "dc1"],
+    ] {
+        let out = Command::new("consul")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "consul {args:?}: {out:?}");
     }
 }

@@ -1,13 +1,19 @@
-//! Harness for berth's end-to-end tests: real processes, real Docker, real Consul.
+//! Harness for berth's end-to-end tests: real processes, real Docker, real Consul and etcd.
 //!
-//! Every test starts its own Consul dev agent on free ports ([`ConsulServer`]) so tests can
-//! restart or kill it without disturbing each other. [`docker`] builds the test image and
-//! guards containers and networks; [`agent`] runs the berth binary and formats failures.
+//! Every test starts its own registry on free ports — a Consul dev agent
+//! ([`consul::ConsulServer`]) or a single-member etcd ([`etcd::EtcdServer`]) — so tests can
+//! restart or kill it without disturbing each other. [`backend`] reads either one the same
+//! way, for the contract suite that runs against both. [`docker`] builds the test image and
+//! guards containers and networks; [`agent`] runs the berth binary and formats failures;
+//! [`env`] is one test's world and its assertion steps.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 pub mod agent;
+pub mod backend;
 pub mod consul;
 pub mod docker;
+pub mod env;
+pub mod etcd;
 
 use std::time::{Duration, Instant};
 
@@ -36,4 +42,29 @@ pub fn free_port() -> u16 {
 /// Installs the ring crypto provider for rustls once per process (reqwest needs one).
 pub fn crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A runtime for tests that drive an async client from blocking test code. It keeps driving
+/// the client's connections between `block_on`s, as the agent's runtime does.
+#[derive(Debug)]
+pub struct Rt(pub tokio::runtime::Runtime);
+
+impl Default for Rt {
+    fn default() -> Rt {
+        Rt::new()
+    }
+}
+
+impl Rt {
+    pub fn new() -> Rt {
+        Rt(tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap())
+    }
+
+    pub fn run<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.0.block_on(f)
+    }
 }

@@ -6,13 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_e2e::consul::ConsulServer;
-use berth_e2e::{free_port, wait_for};
+use berth_e2e::{Rt, free_port, wait_for};
 use berth_registry::consul::{ConsulConfig, ConsulRegistry};
 use berth_registry::{
     Health, Instance, META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_MANAGED, META_NODE,
@@ -21,24 +20,6 @@ use berth_registry::{
 use serde_json::{Value, json};
 
 const NODE: &str = "node1";
-
-/// A runtime that keeps driving the client's connections between `block_on`s, as the agent's
-/// does.
-struct Rt(tokio::runtime::Runtime);
-
-impl Rt {
-    fn new() -> Rt {
-        Rt(tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap())
-    }
-
-    fn run<F: Future>(&self, f: F) -> F::Output {
-        self.0.block_on(f)
-    }
-}
 
 fn config(addr: &str) -> ConsulConfig {
     berth_e2e::crypto();
@@ -612,27 +593,10 @@ fn with_acls_the_token_is_sent_and_denials_are_rejected() {
     assert!(matches!(err, RegistryError::NotFound { .. }), "{err:?}");
 }
 
-/// Makes a CA, a server certificate (for 127.0.0.1) and a client certificate in `dir` with
-/// `consul tls`.
-fn make_certs(dir: &Path) {
-    for args in [
-        &["tls", "ca", "create"][..],
-        &["tls", "cert", "create", "-server", "-dc", "dc1"],
-        &["tls", "cert", "create", "-client", "-dc", "dc1"],
-    ] {
-        let out = Command::new("consul")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "consul {args:?}: {out:?}");
-    }
-}
-
 #[test]
 fn tls_with_a_private_ca_and_a_client_certificate() {
     let dir = temp_dir("consul-tls");
-    make_certs(&dir);
+    berth_e2e::consul::make_certs(&dir);
     let file = |name: &str| dir.join(name);
     let hcl = format!(
         r#"ca_file = "{}" cert_file = "{}" key_file = "{}" verify_incoming_https = true"#,
