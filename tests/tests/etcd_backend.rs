@@ -5,7 +5,7 @@
 //! plain `#[test]`s that drive the async client on a runtime of their own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -368,20 +368,31 @@ fn an_etcd_that_lost_its_data_is_reported_as_a_lost_lease() {
 }
 
 #[test]
-fn a_write_that_meets_a_revoked_lease_retries_once_with_a_new_one() {
+fn a_write_that_meets_a_revoked_lease_retries_with_a_new_one_and_reports_the_loss() {
     let etcd = EtcdServer::start();
     let rt = Rt::new();
     let reg = registry(&etcd, NODE);
     let web = instance(NODE, "node1:web:80", "web", Health::passing("ok"));
     rt.run(reg.register(&web)).unwrap();
     let lease = reg.lease().unwrap();
-    // Revoked behind the agent's back, with no keeper running to notice.
+    let (lost, cancel, keeper) = spawn_keeper(&rt, &reg);
+    // Revoked behind the agent's back, and a write comes before the keeper's next renewal.
     etcd.lease_revoke(lease);
     let api = instance(NODE, "node1:api:81", "api", Health::passing("ok"));
     rt.run(reg.register(&api)).unwrap();
     let kv = must_get(&etcd, &key("api", &api.id));
     assert_ne!(kv.lease, lease);
     assert_eq!(Some(kv.lease), reg.lease());
+    // web went with the old lease: the caller must hear of it even though the keeper now
+    // renews a healthy new lease.
+    assert!(etcd.get(&key("web", &web.id)).is_none());
+    rt.run(async {
+        tokio::time::timeout(Duration::from_secs(3), lost.notified())
+            .await
+            .expect("the loss found by a write is reported")
+    });
+    cancel.cancel();
+    rt.run(keeper).unwrap();
 }
 
 #[test]
@@ -514,6 +525,7 @@ struct CustomEtcd {
     child: Child,
     client: String,
     dir: PathBuf,
+    args: Vec<String>,
 }
 
 impl CustomEtcd {
@@ -521,22 +533,52 @@ impl CustomEtcd {
         let (cport, pport) = (free_port(), free_port());
         let client = format!("{scheme}://127.0.0.1:{cport}");
         let peer = format!("http://127.0.0.1:{pport}");
-        let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
-        let child = Command::new("etcd")
-            .args(["--name", "default", "--data-dir"])
-            .arg(dir.join("data"))
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("default={peer}")])
-            .args(extra)
+        let mut args: Vec<String> = vec![
+            "--name".into(),
+            "default".into(),
+            "--data-dir".into(),
+            dir.join("data").display().to_string(),
+            "--listen-client-urls".into(),
+            client.clone(),
+            "--advertise-client-urls".into(),
+            client.clone(),
+            "--listen-peer-urls".into(),
+            peer.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer.clone(),
+            "--initial-cluster".into(),
+            format!("default={peer}"),
+        ];
+        args.extend(extra.iter().cloned());
+        let child = Self::spawn(&dir, &args);
+        CustomEtcd {
+            child,
+            client,
+            dir,
+            args,
+        }
+    }
+
+    fn spawn(dir: &Path, args: &[String]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("etcd.log"))
+            .unwrap();
+        Command::new("etcd")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
-            .unwrap();
-        CustomEtcd { child, client, dir }
+            .unwrap()
+    }
+
+    /// SIGKILL and start again on the same data: users survive, issued tokens do not.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.dir, &self.args);
     }
 
     fn ctl(&self, extra: &[&str], args: &[&str]) -> Result<String, String> {
@@ -588,7 +630,7 @@ fn temp_dir(name: &str) -> PathBuf {
 #[test]
 fn user_and_password_are_used_and_permissions_are_enforced() {
     let dir = temp_dir("etcd-auth");
-    let etcd = CustomEtcd::start(dir.clone(), "http", &[]);
+    let mut etcd = CustomEtcd::start(dir.clone(), "http", &[]);
     etcd.wait_ready(&[]);
     let setup: &[&[&str]] = &[
         &["user", "add", "root:rootpw"],
@@ -623,6 +665,27 @@ fn user_and_password_are_used_and_permissions_are_enforced() {
         .ctl(&root, &["get", &key("web", &web.id), "--print-value-only"])
         .unwrap();
     assert!(got.contains("\"node1:web:80\""), "{got}");
+
+    // etcd restarted: the token the client holds is void. The call that meets that fails
+    // as transient and refreshes the token; the client then works again, unrebuilt.
+    etcd.restart();
+    etcd.wait_ready(&root);
+    let mut api = instance(NODE, "node1:api:81", "api", Health::passing("ok"));
+    let recovered = (0..20).any(|i| {
+        api.port = 30000 + i;
+        match rt.run(reg.register(&api)) {
+            Ok(()) => true,
+            Err(e) => {
+                assert!(e.is_transient(), "after an etcd restart: {e:?}");
+                std::thread::sleep(Duration::from_millis(200));
+                false
+            }
+        }
+    });
+    assert!(
+        recovered,
+        "the client never worked again after etcd restarted"
+    );
 
     // Outside its granted prefix the user is denied: a rejection, not a retry.
     let outside = EtcdRegistry::new(EtcdConfig {

@@ -4,9 +4,10 @@
 //! - **Liveness** is the lease: [`EtcdRegistry::keep_lease`] renews it every ttl/3. When the
 //!   agent dies its keys vanish together, one TTL later.
 //! - **Lease loss** (it expired during a partition, was revoked, or etcd lost its state) is
-//!   seen by the renewal, which forgets the lease and signals the caller; the agent then
-//!   resyncs, and every write grants and uses a new lease. No key is written with a lease
-//!   known to be dead: a write that meets "lease not found" drops the lease and retries once.
+//!   seen by the renewal, or by a write that etcd refuses for the dead lease (which then
+//!   retries once under a new one). Either way the lease is forgotten and `keep_lease`
+//!   signals its caller, since every key on the lease went with it; the agent then resyncs,
+//!   and the writes grant and use a new lease.
 //! - **Health** lives in the instance value. A heartbeat with unchanged health costs nothing
 //!   (the lease carries liveness); a changed one rewrites the value.
 //! - **Writes only on change.** This backend remembers what it wrote (and what it last listed)
@@ -22,7 +23,7 @@
 //!
 //! | situation                                   | answer                               | result        |
 //! |---------------------------------------------|--------------------------------------|---------------|
-//! | put with a revoked or expired lease         | `NotFound`: requested lease not found | lease dropped, one retry with a new lease |
+//! | put with a revoked or expired lease         | `NotFound`: requested lease not found | lease dropped and reported lost, one retry with a new lease |
 //! | keep-alive of an unknown or expired lease   | a response with TTL 0 (etcd-client: `LeaseKeepAliveError("lease not found")` when the stream is opened) | lease lost, caller resyncs |
 //! | wrong password, permission denied           | `InvalidArgument` / `PermissionDenied` | `Rejected` |
 //! | auth token expired (e.g. after an etcd restart) | `Unauthenticated`                | token refreshed, `Unavailable` (retried) |
@@ -73,6 +74,9 @@ struct Inner {
     lease: Mutex<Option<i64>>,
     /// Single-flight for granting a lease; never held by anything but a grant.
     grant: tokio::sync::Mutex<()>,
+    /// Woken whenever the current lease is found gone, by a write or by the renewal; the
+    /// renewal task passes it on to the caller of `keep_lease`.
+    lease_lost: Notify,
     written: Mutex<Written>,
 }
 
@@ -163,6 +167,7 @@ impl EtcdRegistry {
                 client: OnceCell::new(),
                 lease: Mutex::new(None),
                 grant: tokio::sync::Mutex::new(()),
+                lease_lost: Notify::new(),
                 written: Mutex::new(Written::default()),
             }),
         })
@@ -247,11 +252,15 @@ impl EtcdRegistry {
         Ok(id)
     }
 
-    /// Forgets `id` if it is still the current lease.
+    /// Forgets `id` if it is still the current lease. Every key on it is gone, so whoever
+    /// runs `keep_lease` is told to have everything written again.
     fn drop_lease(&self, id: i64) {
         let mut lease = lock(&self.inner.lease);
         if *lease == Some(id) {
             *lease = None;
+            drop(lease);
+            warn!(lease = %format!("{id:x}"), "etcd lease lost (it expired, was revoked, or etcd lost its data); every instance will be written again under a new lease");
+            self.inner.lease_lost.notify_one();
         }
     }
 
@@ -456,7 +465,6 @@ impl EtcdRegistry {
                     });
                 }
                 Err(f) if f.lease_not_found() && !retried => {
-                    info!(lease = %format!("{lease:x}"), "etcd no longer has the agent's lease; granting a new one");
                     self.drop_lease(lease);
                     retried = true;
                 }
@@ -545,6 +553,7 @@ impl EtcdRegistry {
                 Err(lost())
             }
             Err(f) if f.lease_not_found() => {
+                self.drop_lease(entry.lease);
                 self.forget(id);
                 Err(lost())
             }
@@ -581,8 +590,9 @@ impl EtcdRegistry {
         Ok(instances)
     }
 
-    /// Keeps the agent's lease alive every ttl/3 until `cancel` fires. When etcd answers that
-    /// the lease is gone, forgets it and wakes `lost`: everything must be written again.
+    /// Keeps the agent's lease alive every ttl/3 until `cancel` fires. When the lease is found
+    /// gone (etcd answers so to the renewal, or to a write), forgets it and wakes `lost`:
+    /// everything must be written again, because every key on it went with it.
     pub async fn keep_lease(&self, lost: Arc<Notify>, cancel: CancellationToken) {
         let every = (self.inner.ttl / 3).max(Duration::from_millis(500));
         let mut keeper: Option<(i64, LeaseKeeper, LeaseKeepAliveStream)> = None;
@@ -590,6 +600,12 @@ impl EtcdRegistry {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
+                _ = self.inner.lease_lost.notified() => {
+                    keeper = None;
+                    failing = false;
+                    lost.notify_one();
+                    continue;
+                }
                 _ = tokio::time::sleep(every) => {}
             }
             let Some(lease) = self.lease() else {
@@ -609,13 +625,8 @@ impl EtcdRegistry {
                     }
                     failing = false;
                 }
-                Ok(false) => {
-                    warn!(lease = %format!("{lease:x}"), "etcd lease lost (it expired or etcd lost it); writing every instance again under a new lease");
-                    self.drop_lease(lease);
-                    keeper = None;
-                    failing = false;
-                    lost.notify_one();
-                }
+                // Passed on to `lost` by the `lease_lost` branch above.
+                Ok(false) => self.drop_lease(lease),
                 Err(error) => {
                     keeper = None;
                     if !failing {
