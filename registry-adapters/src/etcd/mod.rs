@@ -32,7 +32,7 @@
 mod config;
 mod layout;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -86,6 +86,59 @@ struct Written {
     /// Bumped on every write; a listing only replaces entries older than its start.
     seq: u64,
     entries: HashMap<String, Entry>,
+    /// The sequence of the latest write or removal per id, kept while a listing that started
+    /// before it may still be merged, so that listing cannot bring back what was removed.
+    changed: HashMap<String, u64>,
+    /// Start sequences of the listings in flight (with multiplicity).
+    listings: BTreeMap<u64, usize>,
+}
+
+impl Written {
+    fn touch(&mut self, id: &str) -> u64 {
+        self.seq += 1;
+        self.changed.insert(id.to_owned(), self.seq);
+        self.seq
+    }
+
+    fn begin_listing(&mut self) -> u64 {
+        *self.listings.entry(self.seq).or_default() += 1;
+        self.seq
+    }
+
+    /// Ends the listing begun at `started`; with `found`, what it read replaces everything
+    /// not written or removed since it began.
+    fn end_listing(&mut self, started: u64, found: Option<HashMap<String, Entry>>) {
+        if let Some(found) = found {
+            self.entries.retain(|_, e| e.seq > started);
+            for (id, entry) in found {
+                if self.changed.get(&id).is_some_and(|seq| *seq > started) {
+                    continue;
+                }
+                self.entries.entry(id).or_insert(entry);
+            }
+        }
+        if let Some(n) = self.listings.get_mut(&started) {
+            *n -= 1;
+            if *n == 0 {
+                self.listings.remove(&started);
+            }
+        }
+        let floor = self.listings.keys().next().copied().unwrap_or(self.seq);
+        self.changed.retain(|_, seq| *seq > floor);
+    }
+}
+
+/// Ends a listing's bookkeeping however `list` returns.
+struct ListingGuard<'a> {
+    written: &'a Mutex<Written>,
+    started: u64,
+    found: Option<HashMap<String, Entry>>,
+}
+
+impl Drop for ListingGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.written).end_listing(self.started, self.found.take());
+    }
 }
 
 #[derive(Clone)]
@@ -266,8 +319,7 @@ impl EtcdRegistry {
 
     fn remember(&self, id: &str, key: String, record: Record, lease: i64) {
         let mut w = lock(&self.inner.written);
-        w.seq += 1;
-        let seq = w.seq;
+        let seq = w.touch(id);
         w.entries.insert(
             id.to_owned(),
             Entry {
@@ -281,7 +333,7 @@ impl EtcdRegistry {
 
     fn forget(&self, id: &str) {
         let mut w = lock(&self.inner.written);
-        w.seq += 1;
+        w.touch(id);
         w.entries.remove(id);
     }
 
@@ -296,7 +348,12 @@ impl EtcdRegistry {
     /// foreign.
     pub async fn list(&self, node: &str) -> Result<Listing, RegistryError> {
         let what = "listing of this node's instances";
-        let started = lock(&self.inner.written).seq;
+        let started = lock(&self.inner.written).begin_listing();
+        let mut guard = ListingGuard {
+            written: &self.inner.written,
+            started,
+            found: None,
+        };
         let index_prefix = self.inner.layout.node(node);
         let prefix = index_prefix.clone();
         let index = self
@@ -391,11 +448,8 @@ impl EtcdRegistry {
             }
         }
 
-        let mut w = lock(&self.inner.written);
-        w.entries.retain(|_, e| e.seq > started);
-        for (id, entry) in entries {
-            w.entries.entry(id).or_insert(entry);
-        }
+        guard.found = Some(entries);
+        drop(guard);
         Ok(listing)
     }
 
@@ -691,4 +745,94 @@ fn nested_succeeded(resp: &TxnResponse) -> bool {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // No critical section here can panic half-way through an update.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Origin;
+
+    fn entry(id: &str, seq: u64) -> Entry {
+        let instance = Instance {
+            id: id.into(),
+            name: "web".into(),
+            address: "10.0.0.1".into(),
+            port: 80,
+            tags: vec![],
+            meta: Default::default(),
+            origin: Origin {
+                node: "n".into(),
+                container_id: "c".into(),
+                container_name: "c".into(),
+                image: "i".into(),
+            },
+            health: Health::passing("ok"),
+        };
+        Entry {
+            key: format!("/berth/services/web/{id}"),
+            record: Record::new(&instance, &instance.health, SystemTime::UNIX_EPOCH),
+            lease: 7,
+            seq,
+        }
+    }
+
+    fn write(w: &mut Written, id: &str) {
+        let seq = w.touch(id);
+        w.entries.insert(id.into(), entry(id, seq));
+    }
+
+    fn remove(w: &mut Written, id: &str) {
+        w.touch(id);
+        w.entries.remove(id);
+    }
+
+    #[test]
+    fn a_listing_cannot_bring_back_what_was_removed_while_it_ran() {
+        let mut w = Written::default();
+        write(&mut w, "a");
+        let started = w.begin_listing();
+        // The listing reads "a"; then "a" is deregistered before the listing is merged.
+        remove(&mut w, "a");
+        let found = HashMap::from([("a".to_owned(), entry("a", started))]);
+        w.end_listing(started, Some(found));
+        assert!(!w.entries.contains_key("a"));
+    }
+
+    #[test]
+    fn a_listing_keeps_writes_made_while_it_ran_and_drops_what_it_did_not_find() {
+        let mut w = Written::default();
+        write(&mut w, "gone");
+        let started = w.begin_listing();
+        write(&mut w, "new");
+        w.end_listing(started, Some(HashMap::new()));
+        assert!(
+            w.entries.contains_key("new"),
+            "written after the listing began"
+        );
+        assert!(!w.entries.contains_key("gone"), "not in etcd any more");
+    }
+
+    #[test]
+    fn change_marks_live_as_long_as_an_older_listing_is_in_flight() {
+        let mut w = Written::default();
+        let slow = w.begin_listing();
+        remove(&mut w, "a");
+        let fast = w.begin_listing();
+        w.end_listing(fast, Some(HashMap::new()));
+        assert!(
+            w.changed.contains_key("a"),
+            "the slow listing still needs it"
+        );
+        let found = HashMap::from([("a".to_owned(), entry("a", slow))]);
+        w.end_listing(slow, Some(found));
+        assert!(!w.entries.contains_key("a"));
+        assert!(
+            w.changed.is_empty() && w.listings.is_empty(),
+            "pruned once none is in flight"
+        );
+        // A failed listing ends its bookkeeping too.
+        let failed = w.begin_listing();
+        w.end_listing(failed, None);
+        assert!(w.listings.is_empty());
+    }
 }
