@@ -7,6 +7,7 @@
 //!                                   ▼    │                            │
 //!                                  reconcile::store::Store ──due──▶ reconcile::heartbeat
 //!                 heartbeat ──Trigger::Container (registry lost it)──▶ Reconciler
+//!  Registry::maintain (etcd lease keep-alive) ──resync_now (lease lost)──▶ docker::run_source
 //! ```
 
 use std::net::IpAddr;
