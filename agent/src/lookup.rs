@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use berth_registry::{Instance, Registry, RegistryError, Status};
 use serde::Serialize;
 
+use crate::config::Config;
+
 /// One row of the output; also the JSON shape (`--json` prints an array of these).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Row {
@@ -40,6 +42,48 @@ impl From<Instance> for Row {
             output: i.health.output,
         }
     }
+}
+
+/// A failed lookup, naming the registry it asked.
+#[derive(Debug, thiserror::Error)]
+#[error("lookup in {registry} failed")]
+pub struct LookupError {
+    registry: String,
+    #[source]
+    source: RegistryError,
+}
+
+/// The instances of `service` in the registry `config` selects, sorted by node then id.
+pub async fn lookup(
+    config: &Config,
+    service: &str,
+    passing_only: bool,
+) -> Result<Vec<Row>, LookupError> {
+    // The node only names an etcd index that lookups never write.
+    let node = config.node_name.as_deref().unwrap_or("lookup");
+    let registry = crate::app::registry(config, node).map_err(|source| LookupError {
+        registry: "the configured registry".to_owned(),
+        source,
+    })?;
+    rows(&registry, service, passing_only)
+        .await
+        .map_err(|source| LookupError {
+            registry: registry.describe(),
+            source,
+        })
+}
+
+/// What `berth lookup` prints: a JSON array with `json`, else the table (nothing when there
+/// are no instances).
+pub fn render(rows: &[Row], json: bool) -> String {
+    if json {
+        // Rows are strings, numbers and string maps: they always serialise.
+        return serde_json::to_string_pretty(rows).unwrap_or_default() + "\n";
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    table(rows)
 }
 
 /// The instances of `service`, sorted by node then id.
@@ -176,6 +220,16 @@ mod tests {
         let col = lines[0].find("NODE").unwrap();
         assert_eq!(&lines[1][col..col + 8], "node-one");
         assert_eq!(&lines[2][col..col + 2], "n2");
+    }
+
+    #[test]
+    fn render_prints_json_or_a_table_and_nothing_for_no_rows() {
+        let rows = vec![Row::from(inst("n1", "a", Status::Passing))];
+        let json: serde_json::Value = serde_json::from_str(&render(&rows, true)).unwrap();
+        assert_eq!(json[0]["id"], "a");
+        assert_eq!(render(&[], true), "[]\n");
+        assert!(render(&rows, false).starts_with("ID "));
+        assert_eq!(render(&[], false), "");
     }
 
     #[test]

@@ -77,20 +77,13 @@ fn lookup(args: LookupArgs) -> ExitCode {
         }
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let node = config
-        .node_name
-        .clone()
-        .unwrap_or_else(|| "lookup".to_owned());
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")
         .and_then(|rt| {
-            rt.block_on(async {
-                let registry = berth::app::registry(&config, &node)?;
-                let rows = berth::lookup::rows(&registry, &args.service, args.passing).await;
-                rows.with_context(|| format!("lookup in {}", registry.describe()))
-            })
+            let rows = rt.block_on(berth::lookup::lookup(&config, &args.service, args.passing));
+            Ok(rows?)
         });
     let rows = match result {
         Ok(rows) => rows,
@@ -99,18 +92,12 @@ fn lookup(args: LookupArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let out = if args.json {
-        serde_json::to_string_pretty(&rows)
-            .map(|s| s + "\n")
-            .unwrap_or_default()
-    } else if rows.is_empty() {
+    if rows.is_empty() && !args.json {
         eprintln!("berth: no instances of {}", args.service);
-        String::new()
-    } else {
-        berth::lookup::table(&rows)
-    };
+    }
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
+    let out = berth::lookup::render(&rows, args.json);
     if stdout
         .write_all(out.as_bytes())
         .and_then(|()| stdout.flush())
