@@ -65,10 +65,15 @@ fn build_berth() -> Result<PathBuf, String> {
 /// The arguments every test agent gets: `run` against the Consul at `consul_addr` as node
 /// `node`, host IP 127.0.0.1, TTL 3s, resync 30s, deregister-critical-after 1m.
 pub fn standard_args(consul_addr: &str, node: &str) -> Vec<String> {
-    [
-        "run",
-        "--consul-addr",
-        consul_addr,
+    let mut args = strings(&["run", "--consul-addr", consul_addr]);
+    args.extend(common_args(node));
+    args.extend(strings(&["--deregister-critical-after", "1m"]));
+    args
+}
+
+/// What every test agent gets whatever its registry.
+fn common_args(node: &str) -> Vec<String> {
+    strings(&[
         "--node-name",
         node,
         "--host-ip",
@@ -77,18 +82,17 @@ pub fn standard_args(consul_addr: &str, node: &str) -> Vec<String> {
         "3s",
         "--resync",
         "30s",
-        "--deregister-critical-after",
-        "1m",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ])
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
 }
 
 /// The arguments every etcd test agent gets: `run` against the etcd at `endpoint` under
 /// `prefix` as node `node`, host IP 127.0.0.1, TTL 3s, resync 30s.
 pub fn standard_etcd_args(endpoint: &str, prefix: &str, node: &str) -> Vec<String> {
-    [
+    let mut args = strings(&[
         "run",
         "--registry",
         "etcd",
@@ -96,18 +100,9 @@ pub fn standard_etcd_args(endpoint: &str, prefix: &str, node: &str) -> Vec<Strin
         endpoint,
         "--etcd-prefix",
         prefix,
-        "--node-name",
-        node,
-        "--host-ip",
-        "127.0.0.1",
-        "--ttl",
-        "3s",
-        "--resync",
-        "30s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ]);
+    args.extend(common_args(node));
+    args
 }
 
 /// `BERTH_LOG` for test agents: berth's own debug events, without the HTTP and TLS clients'

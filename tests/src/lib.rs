@@ -39,6 +39,13 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
+/// A fresh directory `berth-<name>-<n>` under the system temp dir; the caller removes it.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("berth-{name}-{}", free_port()));
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    dir
+}
+
 /// Installs the ring crypto provider for rustls once per process (reqwest needs one).
 pub fn crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();

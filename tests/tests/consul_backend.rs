@@ -540,16 +540,10 @@ impl Drop for CustomConsul {
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-{name}-{}", free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn with_acls_the_token_is_sent_and_denials_are_rejected() {
     let consul = CustomConsul::start(
-        temp_dir("consul-acl"),
+        berth_e2e::temp_dir("consul-acl"),
         "http",
         r#"acl { enabled = true default_policy = "deny" tokens { master = "berth-root" } }"#,
     );
@@ -595,7 +589,7 @@ fn with_acls_the_token_is_sent_and_denials_are_rejected() {
 
 #[test]
 fn tls_with_a_private_ca_and_a_client_certificate() {
-    let dir = temp_dir("consul-tls");
+    let dir = berth_e2e::temp_dir("consul-tls");
     berth_e2e::consul::make_certs(&dir);
     let file = |name: &str| dir.join(name);
     let hcl = format!(

@@ -621,15 +621,9 @@ impl Drop for CustomEtcd {
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-{name}-{}", free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn user_and_password_are_used_and_permissions_are_enforced() {
-    let dir = temp_dir("etcd-auth");
+    let dir = berth_e2e::temp_dir("etcd-auth");
     let mut etcd = CustomEtcd::start(dir.clone(), "http", &[]);
     etcd.wait_ready(&[]);
     let setup: &[&[&str]] = &[
@@ -719,7 +713,7 @@ fn user_and_password_are_used_and_permissions_are_enforced() {
 
 #[test]
 fn tls_with_a_private_ca_and_a_client_certificate() {
-    let dir = temp_dir("etcd-tls");
+    let dir = berth_e2e::temp_dir("etcd-tls");
     berth_e2e::consul::make_certs(&dir);
     let file = |name: &str| dir.join(name).display().to_string();
     let etcd = CustomEtcd::start(

@@ -235,11 +235,6 @@ impl EtcdRegistry {
         )
     }
 
-    /// The key layout in use.
-    pub fn layout(&self) -> &Layout {
-        &self.inner.layout
-    }
-
     /// The lease this agent writes with, if it holds one now.
     pub fn lease(&self) -> Option<i64> {
         *lock(&self.inner.lease)
