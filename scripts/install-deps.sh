@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything berth's build and tests need on a Debian bookworm machine:
 # protoc (etcd-client build), busybox-static (test images), etcd, dig, socat (a tcp:// Docker
-# endpoint in tests), and consul from the
+# endpoint in tests), openssl (an HTTPS server for the probe tests), and consul from the
 # bullseye suite. The bullseye source is derived from this machine's own apt configuration,
 # so no mirror host name is written into the repository.
 set -euo pipefail
@@ -12,7 +12,8 @@ have_all() {
   command -v protoc >/dev/null && [ -e /usr/include/google/protobuf/timestamp.proto ] \
     && [ -x /bin/busybox ] && command -v consul >/dev/null && command -v etcd >/dev/null \
     && command -v etcdctl >/dev/null && command -v dig >/dev/null && command -v curl >/dev/null \
-    && command -v jq >/dev/null && command -v socat >/dev/null && command -v ip >/dev/null
+    && command -v jq >/dev/null && command -v socat >/dev/null && command -v ip >/dev/null \
+    && command -v openssl >/dev/null
 }
 
 if have_all; then exit 0; fi
@@ -53,7 +54,7 @@ fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   protobuf-compiler libprotobuf-dev busybox-static etcd-server etcd-client \
-  dnsutils curl jq socat iproute2 ca-certificates >/dev/null
+  dnsutils curl jq socat iproute2 ca-certificates openssl >/dev/null
 apt-get install -y -qq --no-install-recommends -t bullseye consul >/dev/null
 # Debian's etcd-server package may start a system etcd on :2379; the tests run their own.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi

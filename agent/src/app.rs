@@ -23,9 +23,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{Config, RegistryKind};
-use crate::docker::{self, DockerClient, DockerError};
+use crate::docker::{self, DockerClient, DockerError, Trigger};
+use crate::heal;
 use crate::hostip;
 use crate::labels;
+use crate::probe::{self, Prober};
 use crate::reconcile::{self, Context, Reconciler, heartbeat, store::Store};
 
 /// Why the agent could not be built.
@@ -35,6 +37,8 @@ pub enum BuildError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Registry(#[from] berth_registry::RegistryError),
+    #[error(transparent)]
+    Probe(#[from] probe::exec::ExecutorError),
     #[error("cancelled during startup")]
     Cancelled,
 }
@@ -44,6 +48,8 @@ pub enum BuildError {
 pub struct App {
     config: Config,
     ctx: Context,
+    triggers: (mpsc::Sender<Trigger>, mpsc::Receiver<Trigger>),
+    heal: mpsc::Receiver<heal::Request>,
 }
 
 impl App {
@@ -53,7 +59,7 @@ impl App {
         let docker = DockerClient::new(config.docker_host.as_deref(), config.docker_timeout)?;
         let node = node_name(&config, &docker, cancel).await?;
         let registry = registry(&config, &node)?;
-        Ok(App::assemble(config, docker, node, registry))
+        App::assemble(config, docker, node, registry, cancel)
     }
 
     /// Like [`App::build`] with a given registry (in-process tests use the memory backend).
@@ -64,10 +70,16 @@ impl App {
     ) -> Result<App, BuildError> {
         let docker = DockerClient::new(config.docker_host.as_deref(), config.docker_timeout)?;
         let node = node_name(&config, &docker, cancel).await?;
-        Ok(App::assemble(config, docker, node, registry))
+        App::assemble(config, docker, node, registry, cancel)
     }
 
-    fn assemble(config: Config, docker: DockerClient, node: String, registry: Registry) -> App {
+    fn assemble(
+        config: Config,
+        docker: DockerClient,
+        node: String,
+        registry: Registry,
+        cancel: &CancellationToken,
+    ) -> Result<App, BuildError> {
         let host_ip: IpAddr = match config.host_ip {
             Some(ip) => ip,
             None => {
@@ -95,20 +107,37 @@ impl App {
             explicit: config.explicit,
         };
         let store = Arc::new(Store::new(config.heartbeat_interval()));
-        App {
+        let (tx, rx) = mpsc::channel(1024);
+        let (heal_tx, heal_rx) = mpsc::channel(256);
+        let prober = Prober::new(
+            probe::exec::Executor::new()?,
+            probe::Options {
+                concurrency: config.probe_concurrency,
+                autoheal_failures: config.autoheal_failures,
+            },
+            tx.clone(),
+            heal_tx.clone(),
+            cancel.child_token(),
+        );
+        Ok(App {
             ctx: Context {
                 docker,
                 registry,
                 store,
                 settings: Arc::new(settings),
+                prober,
+                heal: heal_tx,
             },
             config,
-        }
+            triggers: (tx, rx),
+            heal: heal_rx,
+        })
     }
 
-    /// Spawns the source, the reconciler, the heartbeater and the registry's upkeep.
+    /// Spawns the source, the reconciler, the heartbeater, self-healing and the registry's
+    /// upkeep. Check tasks are started by the prober as reconciles find checks.
     pub fn spawn(self, tracker: &TaskTracker, cancel: CancellationToken) {
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = self.triggers;
         // The registry lost this agent's registrations wholesale: relist Docker now.
         let resync_now = Arc::new(Notify::new());
         let registry = self.ctx.registry.clone();
@@ -131,6 +160,17 @@ impl App {
             self.ctx.registry.clone(),
             self.ctx.store.clone(),
             tx.clone(),
+            cancel.clone(),
+        ));
+        tracker.spawn(heal::run(
+            self.ctx.docker.clone(),
+            self.ctx.prober.clone(),
+            heal::Options {
+                cooldown: self.config.autoheal_cooldown,
+                max_restarts: self.config.autoheal_max_restarts,
+                window: self.config.autoheal_window,
+            },
+            self.heal,
             cancel.clone(),
         ));
         tracker.spawn(docker::run_source(

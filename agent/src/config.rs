@@ -31,9 +31,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: watch Docker and keep the registry exact.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the instances of a service that berth registered, from every node.
-    Lookup(LookupArgs),
+    Lookup(Box<LookupArgs>),
 }
 
 /// Which registry to talk to, and how. Shared by `berth run` and `berth lookup`.
@@ -123,6 +123,22 @@ pub struct RunArgs {
     /// Docker endpoint, unix:// or tcp:// [env: DOCKER_HOST] [default: unix:///var/run/docker.sock].
     #[arg(long, value_name = "URL")]
     pub docker_host: Option<String>,
+    /// Health probes in flight at once, across all checks [default: 64].
+    #[arg(long, value_name = "N")]
+    pub probe_concurrency: Option<usize>,
+    /// Consecutive failed probes of one check before an autoheal container is restarted
+    /// [default: 3].
+    #[arg(long, value_name = "N")]
+    pub autoheal_failures: Option<u32>,
+    /// Minimum time between two self-healing restarts of one container [default: 1m].
+    #[arg(long, value_name = "DURATION")]
+    pub autoheal_cooldown: Option<String>,
+    /// Most self-healing restarts of one container per --autoheal-window [default: 3].
+    #[arg(long, value_name = "N")]
+    pub autoheal_max_restarts: Option<usize>,
+    /// Window over which --autoheal-max-restarts counts [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    pub autoheal_window: Option<String>,
 }
 
 /// Reads environment variables. The process environment in production, a map in tests.
@@ -226,6 +242,16 @@ pub struct Config {
     /// Containers reconciled at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    #[serde(default = "default_probe_concurrency")]
+    pub probe_concurrency: usize,
+    #[serde(default = "default_autoheal_failures")]
+    pub autoheal_failures: u32,
+    #[serde(default = "default_autoheal_cooldown", with = "humantime_serde")]
+    pub autoheal_cooldown: Duration,
+    #[serde(default = "default_autoheal_max_restarts")]
+    pub autoheal_max_restarts: usize,
+    #[serde(default = "default_autoheal_window", with = "humantime_serde")]
+    pub autoheal_window: Duration,
 }
 
 fn default_consul_addr() -> String {
@@ -273,6 +299,21 @@ fn default_docker_timeout() -> Duration {
 fn default_concurrency() -> usize {
     16
 }
+fn default_probe_concurrency() -> usize {
+    64
+}
+fn default_autoheal_failures() -> u32 {
+    3
+}
+fn default_autoheal_cooldown() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_autoheal_max_restarts() -> usize {
+    3
+}
+fn default_autoheal_window() -> Duration {
+    Duration::from_secs(3600)
+}
 
 /// A configuration problem, printed as one line.
 #[derive(Debug, thiserror::Error)]
@@ -312,6 +353,11 @@ const KEYS: &[&str] = &[
     "docker_host",
     "docker_timeout",
     "concurrency",
+    "probe_concurrency",
+    "autoheal_failures",
+    "autoheal_cooldown",
+    "autoheal_max_restarts",
+    "autoheal_window",
 ];
 
 /// Consul's own variables and the keys they feed.
@@ -385,7 +431,7 @@ impl Config {
 
         let r = &args.registry;
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        let flags: [(&str, Option<String>); 19] = [
+        let flags: [(&str, Option<String>); 24] = [
             ("registry", r.kind.clone()),
             ("consul_addr", r.consul_addr.clone()),
             (
@@ -414,6 +460,20 @@ impl Config {
             ),
             ("log_format", args.log_format.clone()),
             ("docker_host", args.docker_host.clone()),
+            (
+                "probe_concurrency",
+                args.probe_concurrency.map(|n| n.to_string()),
+            ),
+            (
+                "autoheal_failures",
+                args.autoheal_failures.map(|n| n.to_string()),
+            ),
+            ("autoheal_cooldown", args.autoheal_cooldown.clone()),
+            (
+                "autoheal_max_restarts",
+                args.autoheal_max_restarts.map(|n| n.to_string()),
+            ),
+            ("autoheal_window", args.autoheal_window.clone()),
         ];
         for (key, value) in flags {
             builder = builder.set_override_option(key, value)?;
@@ -466,6 +526,21 @@ impl Config {
         if self.concurrency == 0 {
             return bad("concurrency must be at least 1".into());
         }
+        if self.probe_concurrency == 0 {
+            return bad("--probe-concurrency must be at least 1".into());
+        }
+        if self.autoheal_failures == 0 {
+            return bad("--autoheal-failures must be at least 1".into());
+        }
+        if self.autoheal_max_restarts == 0 {
+            return bad("--autoheal-max-restarts must be at least 1 (leave the autoheal label off to disable self-healing)".into());
+        }
+        if self.autoheal_window < self.autoheal_cooldown {
+            return bad(format!(
+                "--autoheal-window {:?} is shorter than --autoheal-cooldown {:?}",
+                self.autoheal_window, self.autoheal_cooldown
+            ));
+        }
         if let Some(n) = &self.node_name
             && (n.trim().is_empty() || n.contains('/'))
         {
@@ -511,7 +586,7 @@ mod tests {
         let mut full = vec!["berth", "run"];
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full).unwrap().command {
-            Command::Run(a) => a,
+            Command::Run(a) => *a,
             Command::Lookup(_) => unreachable!("parsed `run`"),
         }
     }

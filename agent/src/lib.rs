@@ -6,8 +6,10 @@
 pub mod app;
 pub mod config;
 pub mod docker;
+pub mod heal;
 pub mod hostip;
 pub mod labels;
 pub mod lookup;
+pub mod probe;
 pub mod reconcile;
 pub mod telemetry;

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     };
     let args = match cli.command {
         Command::Run(args) => args,
-        Command::Lookup(args) => return lookup(args),
+        Command::Lookup(args) => return lookup(*args),
     };
     let config = match Config::load(&args, &ProcessEnv) {
         Ok(c) => c,

@@ -2,14 +2,15 @@
 //! its backends.
 //!
 //! Start at [`Registry`]. Backends are a closed set dispatched with `match`; each one
-//! implements the same five operations with the same contract:
+//! implements the same six operations with the same contract:
 //!
 //! - [`Registry::list`] reads what is registered on this node, split into instances owned by
 //!   this berth node and ids that belong to anyone else;
 //! - [`Registry::register`] creates or replaces one instance (idempotent);
 //! - [`Registry::deregister`] removes one instance (removing a missing one succeeds);
-//! - [`Registry::heartbeat`] refreshes the instance's TTL and reports its health, answering
+//! - [`Registry::heartbeat`] refreshes the instance's TTL, answering
 //!   [`RegistryError::NotFound`] when the registry has lost the instance;
+//! - [`Registry::set_health`] reports a new health for the instance (same `NotFound`);
 //! - [`Registry::describe`] names the backend and its address for logs.
 //!
 //! Besides these, [`Registry::lookup`] reads every node's instances of one service (for
@@ -85,15 +86,28 @@ impl Registry {
         }
     }
 
-    /// Refreshes the TTL of `id` and reports `health`.
+    /// Refreshes the TTL of `id`. Carries no health: that is written by
+    /// [`set_health`](Registry::set_health) when it changes.
     ///
     /// Answers [`RegistryError::NotFound`] when the registry lost the instance; the caller
     /// must register it again.
-    pub async fn heartbeat(&self, id: &str, health: &Health) -> Result<(), RegistryError> {
+    pub async fn heartbeat(&self, id: &str) -> Result<(), RegistryError> {
         match self {
-            Registry::Consul(c) => c.heartbeat(id, health).await,
-            Registry::Etcd(e) => e.heartbeat(id, health).await,
-            Registry::Memory(m) => m.heartbeat(id, health),
+            Registry::Consul(c) => c.heartbeat(id).await,
+            Registry::Etcd(e) => e.heartbeat(id).await,
+            Registry::Memory(m) => m.heartbeat(id),
+        }
+    }
+
+    /// Reports `health` for `id`; written at once, and only when it differs from what the
+    /// backend last stored where the backend can tell (etcd).
+    ///
+    /// Answers [`RegistryError::NotFound`] when the registry lost the instance.
+    pub async fn set_health(&self, id: &str, health: &Health) -> Result<(), RegistryError> {
+        match self {
+            Registry::Consul(c) => c.set_health(id, health).await,
+            Registry::Etcd(e) => e.set_health(id, health).await,
+            Registry::Memory(m) => m.set_health(id, health),
         }
     }
 

@@ -21,6 +21,7 @@ pub struct Writes {
     pub registers: usize,
     pub deregisters: usize,
     pub heartbeats: usize,
+    pub health_updates: usize,
 }
 
 #[derive(Debug, Default)]
@@ -154,10 +155,20 @@ impl MemoryRegistry {
         Ok(())
     }
 
-    pub(crate) fn heartbeat(&self, id: &str, health: &Health) -> Result<(), RegistryError> {
+    pub(crate) fn heartbeat(&self, id: &str) -> Result<(), RegistryError> {
         let mut state = self.state();
         Self::check_up(&state)?;
         state.writes.heartbeats += 1;
+        match state.entries.get(id) {
+            Some(Entry::Berth(_)) => Ok(()),
+            _ => Err(RegistryError::NotFound { id: id.to_owned() }),
+        }
+    }
+
+    pub(crate) fn set_health(&self, id: &str, health: &Health) -> Result<(), RegistryError> {
+        let mut state = self.state();
+        Self::check_up(&state)?;
+        state.writes.health_updates += 1;
         match state.entries.get_mut(id) {
             Some(Entry::Berth(i)) => {
                 i.health = health.clone();

@@ -267,6 +267,25 @@ impl Drop for Agent {
     }
 }
 
+/// `berth lookup <name> --json [--passing]` against `registry` (its flags): the instances
+/// it prints, or why it failed.
+pub fn lookup_json(
+    registry: &[String],
+    name: &str,
+    passing: bool,
+) -> Result<Vec<serde_json::Value>, String> {
+    let mut args: Vec<&str> = vec!["lookup", name, "--json"];
+    if passing {
+        args.push("--passing");
+    }
+    args.extend(registry.iter().map(String::as_str));
+    let (status, out, err) = berth_once(&args, &[], Duration::from_secs(20));
+    if !status.success() {
+        return Err(format!("berth {} exited {status}: {err}", args.join(" ")));
+    }
+    serde_json::from_str(&out).map_err(|e| format!("lookup printed {out:?}: {e}"))
+}
+
 /// Runs `berth <args>` to completion (for commands that exit at once: `--version`, bad
 /// configuration) with `env_remove` removed from its environment. Returns the status, stdout
 /// and stderr; panics if it is still running after `timeout`.

@@ -41,9 +41,13 @@ pub struct Found {
     pub container_id: String,
     pub container_name: String,
     pub image: String,
-    /// `passing`, `critical`, …: Consul's `service:<id>` TTL check (a description of the
-    /// checks when there is not exactly that one), etcd's `health.status`.
+    /// `passing`, `critical`, …: Consul's health check `service:<id>` combined with berth's
+    /// liveness check `service:<id>:ttl` when there is one (the worse of the two, as Consul's
+    /// DNS and `?passing` filter see it; a description of the checks when the instance has
+    /// other checks, or no `service:<id>`), etcd's `health.status`.
     pub status: String,
+    /// The health output: Consul's `service:<id>` check output, etcd's `health.output`.
+    pub output: String,
     /// Carries berth's ownership marker: Consul's meta `berth-managed=true`; always true in
     /// etcd, where everything under the prefix is berth's by the key layout.
     pub managed: bool,
@@ -53,7 +57,7 @@ impl fmt::Display for Found {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} ({}) @ {}:{} node={} container={} ({}) image={} status={}{}",
+            "{} ({}) @ {}:{} node={} container={} ({}) image={} status={} output={:?}{}",
             self.id,
             self.name,
             self.address,
@@ -63,6 +67,7 @@ impl fmt::Display for Found {
             short(&self.container_id),
             self.image,
             self.status,
+            crate::agent::clip(&self.output, 300),
             if self.managed { "" } else { " (not managed)" }
         )
     }
@@ -268,7 +273,6 @@ fn consul_instances(c: &ConsulServer, name: &str) -> Result<Vec<Found>, String> 
         .map(|e| {
             let s = &e["Service"];
             let id = text(&s["ID"]);
-            let check_id = format!("service:{id}");
             let checks: Vec<&Value> = e["Checks"]
                 .as_array()
                 .map(|cs| {
@@ -277,17 +281,7 @@ fn consul_instances(c: &ConsulServer, name: &str) -> Result<Vec<Found>, String> 
                         .collect()
                 })
                 .unwrap_or_default();
-            let status = match checks.as_slice() {
-                [ch] if ch["CheckID"] == check_id.as_str() => text(&ch["Status"]),
-                other => format!(
-                    "checks [{}] (want exactly {check_id})",
-                    other
-                        .iter()
-                        .map(|ch| format!("{}={}", ch["CheckID"], ch["Status"]))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            };
+            let (status, output) = consul_status(&id, &checks);
             Found {
                 name: text(&s["Service"]),
                 address: text(&s["Address"]),
@@ -301,6 +295,7 @@ fn consul_instances(c: &ConsulServer, name: &str) -> Result<Vec<Found>, String> 
                 image: text(&s["Meta"]["berth-image"]),
                 managed: s["Meta"]["berth-managed"] == "true",
                 status,
+                output,
                 id,
             }
         })
@@ -342,6 +337,47 @@ fn consul_instances(c: &ConsulServer, name: &str) -> Result<Vec<Found>, String> 
     Ok(found)
 }
 
+/// Status and output of instance `id` from its checks (see [`Found::status`]): the health
+/// check `service:<id>`, worsened by the liveness check `service:<id>:ttl` when present.
+fn consul_status(id: &str, checks: &[&Value]) -> (String, String) {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let (health_id, ttl_id) = (format!("service:{id}"), format!("service:{id}:ttl"));
+    let health = checks.iter().find(|ch| ch["CheckID"] == health_id.as_str());
+    let ttl = checks.iter().find(|ch| ch["CheckID"] == ttl_id.as_str());
+    let known = usize::from(health.is_some()) + usize::from(ttl.is_some());
+    let rank = |s: &str| match s {
+        "passing" => Some(0),
+        "warning" => Some(1),
+        "critical" => Some(2),
+        _ => None,
+    };
+    match health {
+        Some(h) if known == checks.len() => {
+            let mut status = text(&h["Status"]);
+            if let Some(t) = ttl {
+                let alive = text(&t["Status"]);
+                match (rank(&status), rank(&alive)) {
+                    (Some(a), Some(b)) if b > a => status = alive,
+                    (Some(_), Some(_)) => {}
+                    _ => status = format!("{status} (liveness {alive})"),
+                }
+            }
+            (status, text(&h["Output"]))
+        }
+        _ => (
+            format!(
+                "checks [{}] (want {health_id}, optionally with {ttl_id})",
+                checks
+                    .iter()
+                    .map(|ch| format!("{}={}", ch["CheckID"], ch["Status"]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            String::new(),
+        ),
+    }
+}
+
 fn etcd_instances(etcd: &EtcdServer, prefix: &str, name: &str) -> Result<Vec<Found>, String> {
     // One read of the whole prefix: instance and index keys at the same revision.
     let all = etcd.try_get_prefix(&format!("{prefix}/"))?;
@@ -371,6 +407,10 @@ fn etcd_instances(etcd: &EtcdServer, prefix: &str, name: &str) -> Result<Vec<Fou
             container_name: text("container_name"),
             image: text("image"),
             status: v["health"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            output: v["health"]["output"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),

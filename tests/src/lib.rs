@@ -17,6 +17,34 @@ pub mod etcd;
 
 use std::time::{Duration, Instant};
 
+/// Instantiates scenarios `fn <name>(kind: Kind)` as `#[test]`s: `mod consul { fn <name>() }`
+/// and `mod etcd { fn <name>() }`. Either one list for both backends, or
+/// `consul: [..], etcd: [..]` for scenarios that only need one of them.
+#[macro_export]
+macro_rules! backend_tests {
+    (consul: [$($c:ident),* $(,)?], etcd: [$($e:ident),* $(,)?] $(,)?) => {
+        mod consul {
+            $(
+                #[test]
+                fn $c() {
+                    super::$c($crate::backend::Kind::Consul)
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[test]
+                fn $e() {
+                    super::$e($crate::backend::Kind::Etcd)
+                }
+            )*
+        }
+    };
+    ($($s:ident),* $(,)?) => {
+        $crate::backend_tests!(consul: [$($s),*], etcd: [$($s),*]);
+    };
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();

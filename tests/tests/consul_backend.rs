@@ -109,39 +109,58 @@ fn register_shows_the_instance_and_its_ttl_check_in_consul() {
         })
     );
 
+    // Two checks: health (status and output from probes or Docker) and liveness (the TTL
+    // berth refreshes; Consul reaps the instance when it stays critical).
     let check = service_check(&entries[0], "node1:web:80");
     assert_eq!(check["Status"], "passing");
-    assert_eq!(check["Name"], "berth TTL heartbeat");
+    assert_eq!(check["Name"], "berth health");
     assert_eq!(check["ServiceID"], "node1:web:80");
+    let alive = entries[0]["Checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["CheckID"] == "service:node1:web:80:ttl")
+        .unwrap_or_else(|| panic!("no liveness check in {:#}", entries[0]));
+    assert_eq!(alive["Status"], "passing");
+    assert_eq!(alive["Name"], "berth TTL heartbeat");
+    assert_eq!(alive["ServiceID"], "node1:web:80");
     // 1.8.7 does not show a TTL check's TTL anywhere; the notes carry it, and
     // `an_unrefreshed_ttl_turns_critical` checks that it is the TTL in force.
     assert_eq!(
-        check["Notes"],
+        alive["Notes"],
         "Kept alive by the berth agent on node node1 for container web-1; turns critical when \
          berth stops heartbeating (TTL 15s) and is removed after 1m critical."
     );
     assert_eq!(agent_check(&consul, "node1:web:80").unwrap()["Type"], "ttl");
+    assert_eq!(
+        agent_check(&consul, "node1:web:80:ttl").unwrap()["Type"],
+        "ttl"
+    );
     assert_eq!(reg.describe(), format!("consul agent at {}", consul.addr()));
 }
 
 #[test]
-fn registering_again_is_idempotent_and_keeps_the_check_status() {
+fn registering_again_is_idempotent_and_writes_the_instance_health() {
     let consul = ConsulServer::start();
     let reg = registry(&consul);
     let rt = Rt::new();
     let web = instance("node1:web:80", "web", Health::passing("ok"));
 
     rt.run(reg.register(&web)).unwrap();
-    rt.run(reg.heartbeat(&web.id, &Health::critical("down")))
+    rt.run(reg.set_health(&web.id, &Health::critical("down")))
         .unwrap();
     rt.run(reg.register(&web)).unwrap();
 
     assert_eq!(health_entries(&consul, "web", 1).len(), 1);
     let services = consul.get("/v1/agent/services").unwrap();
     assert_eq!(services.as_object().unwrap().len(), 1, "{services:#}");
-    // Consul 1.8.7 keeps an existing check's status on re-registration: health is the
-    // heartbeat's business, never the registration's.
-    assert_eq!(agent_check(&consul, &web.id).unwrap()["Status"], "critical");
+    // A registration carries the instance's health and writes it (status and output), so a
+    // re-registered instance never shows a stale result.
+    let check = agent_check(&consul, &web.id).unwrap();
+    assert_eq!(
+        (check["Status"].as_str(), check["Output"].as_str()),
+        (Some("passing"), Some("ok"))
+    );
 }
 
 #[test]
@@ -159,7 +178,7 @@ fn register_with_critical_health_starts_critical() {
 }
 
 #[test]
-fn heartbeat_sets_status_and_output() {
+fn set_health_sets_status_and_output() {
     let consul = ConsulServer::start();
     let reg = registry(&consul);
     let rt = Rt::new();
@@ -170,7 +189,7 @@ fn heartbeat_sets_status_and_output() {
         status: Status::Warning,
         output: "HTTP GET /health: 2.1s".to_owned(),
     };
-    rt.run(reg.heartbeat(&web.id, &slow)).unwrap();
+    rt.run(reg.set_health(&web.id, &slow)).unwrap();
     let check = agent_check(&consul, &web.id).unwrap();
     assert_eq!(
         (check["Status"].as_str(), check["Output"].as_str()),
@@ -179,7 +198,7 @@ fn heartbeat_sets_status_and_output() {
 
     // Output is capped at 4096 bytes without splitting a character.
     let long = format!("x{}", "é".repeat(3000));
-    rt.run(reg.heartbeat(&web.id, &Health::critical(long.clone())))
+    rt.run(reg.set_health(&web.id, &Health::critical(long.clone())))
         .unwrap();
     let check = agent_check(&consul, &web.id).unwrap();
     assert_eq!(check["Status"], "critical");
@@ -218,7 +237,7 @@ fn list_splits_owned_from_foreign_and_reads_health() {
     let db = instance("node1:db:5432", "db", Health::passing("ok"));
     rt.run(reg.register(&api)).unwrap();
     rt.run(reg.register(&db)).unwrap();
-    rt.run(reg.heartbeat(&db.id, &Health::critical("connection refused")))
+    rt.run(reg.set_health(&db.id, &Health::critical("connection refused")))
         .unwrap();
 
     // Another tool's service, another node's berth instance, an unmarked look-alike, and one of
@@ -261,8 +280,8 @@ fn list_splits_owned_from_foreign_and_reads_health() {
             owned[expected.id.as_str()]
         );
     }
-    // Registered passing, never heartbeated: no output yet.
-    assert_eq!(owned["node1:api:8080"].health, Health::passing(""));
+    // The registration wrote the instance's health, output included.
+    assert_eq!(owned["node1:api:8080"].health, Health::passing("ok"));
     assert_eq!(
         owned["node1:db:5432"].health,
         Health::critical("connection refused")
@@ -286,27 +305,30 @@ fn list_splits_owned_from_foreign_and_reads_health() {
 }
 
 #[test]
-fn heartbeat_after_a_consul_restart_is_not_found() {
+fn heartbeat_and_set_health_after_a_consul_restart_are_not_found() {
     let mut consul = ConsulServer::start();
     let reg = registry(&consul);
     let rt = Rt::new();
     let web = instance("node1:web:80", "web", Health::passing("ok"));
     rt.run(reg.register(&web)).unwrap();
-    rt.run(reg.heartbeat(&web.id, &Health::passing("ok")))
+    rt.run(reg.set_health(&web.id, &Health::passing("ok")))
         .unwrap();
 
     consul.restart();
 
-    let err = rt
-        .run(reg.heartbeat(&web.id, &Health::passing("ok")))
-        .unwrap_err();
-    assert!(
-        matches!(&err, RegistryError::NotFound { id } if id == &web.id),
-        "{err:?}"
-    );
+    for err in [
+        rt.run(reg.heartbeat(&web.id)).unwrap_err(),
+        rt.run(reg.set_health(&web.id, &Health::passing("ok")))
+            .unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, RegistryError::NotFound { id } if id == &web.id),
+            "{err:?}"
+        );
+    }
     // What the reconciler does next.
     rt.run(reg.register(&web)).unwrap();
-    rt.run(reg.heartbeat(&web.id, &Health::passing("back")))
+    rt.run(reg.set_health(&web.id, &Health::passing("back")))
         .unwrap();
     assert_eq!(agent_check(&consul, &web.id).unwrap()["Output"], "back");
 }
@@ -322,28 +344,52 @@ fn an_unrefreshed_ttl_turns_critical() {
     let rt = Rt::new();
     let web = instance("node1:web:80", "web", Health::passing("ok"));
     rt.run(reg.register(&web)).unwrap();
-    let check = agent_check(&consul, &web.id).unwrap();
+    let ttl_id = format!("{}:ttl", web.id);
+    let check = agent_check(&consul, &ttl_id).unwrap();
     assert!(
         check["Notes"].as_str().unwrap().contains("(TTL 1s)"),
         "{check:#}"
     );
 
-    // Heartbeats keep it passing past its TTL …
+    // Heartbeats keep it passing past its TTL, and leave the health check alone …
+    rt.run(reg.set_health(&web.id, &Health::critical("probe failed")))
+        .unwrap();
     let until = Instant::now() + Duration::from_millis(2500);
     while Instant::now() < until {
-        rt.run(reg.heartbeat(&web.id, &Health::passing("ok")))
-            .unwrap();
+        rt.run(reg.heartbeat(&web.id)).unwrap();
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert_eq!(agent_check(&consul, &web.id).unwrap()["Status"], "passing");
+    assert_eq!(agent_check(&consul, &ttl_id).unwrap()["Status"], "passing");
+    let health = agent_check(&consul, &web.id).unwrap();
+    assert_eq!(
+        (health["Status"].as_str(), health["Output"].as_str()),
+        (Some("critical"), Some("probe failed")),
+        "a heartbeat must not overwrite the health"
+    );
 
     // … and without them it turns critical.
     let check = wait_for("the TTL to expire", Duration::from_secs(5), || {
-        agent_check(&consul, &web.id).filter(|c| c["Status"] == "critical")
+        agent_check(&consul, &ttl_id).filter(|c| c["Status"] == "critical")
     });
     assert!(
         check["Output"].as_str().unwrap().contains("TTL expired"),
         "{check:#}"
+    );
+    // An expired liveness check makes the instance critical in berth's own reading too.
+    let listing = rt.run(reg.list(NODE)).unwrap();
+    assert_eq!(listing.owned.len(), 1);
+    assert_eq!(listing.owned[0].health.status, Status::Critical);
+}
+
+#[test]
+fn heartbeat_of_an_unknown_instance_is_not_found() {
+    let consul = ConsulServer::start();
+    let reg = registry(&consul);
+    let rt = Rt::new();
+    let err = rt.run(reg.heartbeat("node1:never:1")).unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::NotFound { id } if id == "node1:never:1"),
+        "{err:?}"
     );
 }
 
@@ -395,7 +441,7 @@ fn a_consul_that_is_down_is_unavailable_within_the_request_timeout() {
     consul.stop();
     let limit = timeout + Duration::from_millis(500);
     assert_unavailable_within(limit, "heartbeat", || {
-        rt.run(reg.heartbeat(&web.id, &Health::passing("ok")))
+        rt.run(reg.set_health(&web.id, &Health::passing("ok")))
             .unwrap_err()
     });
     assert_unavailable_within(limit, "register", || {
@@ -415,7 +461,7 @@ fn a_consul_that_is_down_is_unavailable_within_the_request_timeout() {
     .unwrap();
     let start = Instant::now();
     assert_unavailable_within(limit, "heartbeat to a silent server", || {
-        rt.run(hung.heartbeat(&web.id, &Health::passing("ok")))
+        rt.run(hung.set_health(&web.id, &Health::passing("ok")))
             .unwrap_err()
     });
     assert!(start.elapsed() >= timeout - Duration::from_millis(100));
@@ -435,7 +481,7 @@ fn lookup_reads_health_cluster_wide_and_filters_passing() {
     };
     rt.run(reg.register(&good)).unwrap();
     rt.run(reg.register(&bad)).unwrap();
-    rt.run(reg.heartbeat(&good.id, &Health::passing("200 OK")))
+    rt.run(reg.set_health(&good.id, &Health::passing("200 OK")))
         .unwrap();
     consul.put(
         "/v1/agent/service/register",
@@ -576,13 +622,13 @@ fn with_acls_the_token_is_sent_and_denials_are_rejected() {
     // With it: the whole life cycle, including the answers 1.8.7 gives only with ACLs on
     // (500 for an unknown check or service).
     rt.run(reg.register(&web)).unwrap();
-    rt.run(reg.heartbeat(&web.id, &Health::passing("ok")))
+    rt.run(reg.set_health(&web.id, &Health::passing("ok")))
         .unwrap();
     assert_eq!(rt.run(reg.list(NODE)).unwrap().owned.len(), 1);
     rt.run(reg.deregister(&web.id)).unwrap();
     rt.run(reg.deregister(&web.id)).unwrap();
     let err = rt
-        .run(reg.heartbeat(&web.id, &Health::passing("ok")))
+        .run(reg.set_health(&web.id, &Health::passing("ok")))
         .unwrap_err();
     assert!(matches!(err, RegistryError::NotFound { .. }), "{err:?}");
 }
@@ -612,7 +658,7 @@ fn tls_with_a_private_ca_and_a_client_certificate() {
 
     let web = instance("node1:web:80", "web", Health::passing("ok"));
     rt.run(reg.register(&web)).unwrap();
-    rt.run(reg.heartbeat(&web.id, &Health::passing("over tls")))
+    rt.run(reg.set_health(&web.id, &Health::passing("over tls")))
         .unwrap();
     let listing = rt.run(reg.list(NODE)).unwrap();
     assert_eq!(listing.owned[0].health, Health::passing("over tls"));

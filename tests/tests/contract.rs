@@ -3,8 +3,8 @@
 //! agent (`consul::…`) or a real etcd (`etcd::…`).
 //!
 //! Each scenario is written once as a function of the backend [`Kind`] and instantiated for
-//! both by `contract!` at the bottom. Each test has its own registry (and, for etcd, its own
-//! key prefix), its own agent (unique `--node-name`) and its own service names, so tests run
+//! both by `berth_e2e::backend_tests!` at the bottom. Each test has its own registry (and,
+//! for etcd, its own key prefix), its own agent (unique `--node-name`) and its own service names, so tests run
 //! in parallel even though every agent sees every container on the engine. State is read
 //! through [`berth_e2e::backend::Backend::instances`] after every step, polling with generous
 //! timeouts (this suite checks behaviour; latency is measured elsewhere) except where the
@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use berth_e2e::agent::berth_once;
+use berth_e2e::agent::lookup_json as lookup;
 use berth_e2e::backend::{Backend, Kind, show};
 use berth_e2e::docker::{self, Container, Network};
 use berth_e2e::env::{Env, Expect, SETTLE, TTL, check_gone, check_one, httpd_labelled};
@@ -468,21 +468,6 @@ fn udp_port_id_has_udp_suffix(kind: Kind) {
     env.expect_one(&want);
 }
 
-/// `berth lookup <name> --json [--passing]` against `registry` (its flags): the instances
-/// it prints, or why it failed.
-fn lookup(registry: &[String], name: &str, passing: bool) -> Result<Vec<Value>, String> {
-    let mut args: Vec<&str> = vec!["lookup", name, "--json"];
-    if passing {
-        args.push("--passing");
-    }
-    args.extend(registry.iter().map(String::as_str));
-    let (status, out, err) = berth_once(&args, &[], Duration::from_secs(20));
-    if !status.success() {
-        return Err(format!("berth {} exited {status}: {err}", args.join(" ")));
-    }
-    serde_json::from_str::<Vec<Value>>(&out).map_err(|e| format!("lookup printed {out:?}: {e}"))
-}
-
 /// What `berth lookup` must print for the one instance `e` with health `status`.
 fn lookup_shows(found: &[Value], node: &str, e: &Expect, status: &str) -> Result<(), String> {
     match found {
@@ -572,29 +557,7 @@ fn docker_healthcheck_drives_health_and_lookup(kind: Kind) {
     );
 }
 
-/// `mod consul { #[test] fn <scenario>() }` and the same `mod etcd`, for each scenario.
-macro_rules! contract {
-    ($($scenario:ident),* $(,)?) => {
-        mod consul {
-            $(
-                #[test]
-                fn $scenario() {
-                    super::$scenario(super::Kind::Consul)
-                }
-            )*
-        }
-        mod etcd {
-            $(
-                #[test]
-                fn $scenario() {
-                    super::$scenario(super::Kind::Etcd)
-                }
-            )*
-        }
-    };
-}
-
-contract!(
+berth_e2e::backend_tests!(
     registers_published_port,
     follows_stop_start_restart,
     follows_kill_and_forced_remove,

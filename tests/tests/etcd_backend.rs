@@ -140,12 +140,12 @@ fn nothing_is_written_when_nothing_changed() {
     let first = must_get(&etcd, &key("web", "node1:web:80"));
 
     rt.run(reg.register(&web)).unwrap();
-    rt.run(reg.heartbeat(&web.id, &Health::passing("ok")))
+    rt.run(reg.set_health(&web.id, &Health::passing("ok")))
         .unwrap();
     assert_eq!(must_get(&etcd, &key("web", "node1:web:80")), first);
 
     // A health change rewrites the value, under the same lease, leaving the index alone.
-    rt.run(reg.heartbeat(&web.id, &Health::critical("HTTP GET /: 503")))
+    rt.run(reg.set_health(&web.id, &Health::critical("HTTP GET /: 503")))
         .unwrap();
     let after = must_get(&etcd, &key("web", "node1:web:80"));
     assert!(after.mod_revision > first.mod_revision);
@@ -326,10 +326,10 @@ fn a_lost_lease_is_replaced_on_the_next_write_and_reported_by_the_keeper() {
     assert_eq!(reg.lease(), None);
     // Unchanged health costs nothing; a health change finds the key gone and tells the
     // caller to register again; registering grants a new lease.
-    rt.run(reg.heartbeat(&web.id, &Health::passing("ok")))
+    rt.run(reg.set_health(&web.id, &Health::passing("ok")))
         .unwrap();
     let err = rt
-        .run(reg.heartbeat(&web.id, &Health::critical("down")))
+        .run(reg.set_health(&web.id, &Health::critical("down")))
         .unwrap_err();
     assert!(matches!(err, RegistryError::NotFound { .. }), "{err:?}");
     rt.run(reg.register(&web)).unwrap();
@@ -428,7 +428,7 @@ fn an_etcd_that_is_down_is_unavailable_within_the_request_timeout() {
     let t = Instant::now();
     check(
         "heartbeat",
-        rt.run(reg.heartbeat(&web.id, &Health::critical("x")))
+        rt.run(reg.set_health(&web.id, &Health::critical("x")))
             .unwrap_err(),
         t.elapsed(),
     );
@@ -488,7 +488,7 @@ fn lookup_reads_every_node_and_filters_passing() {
         Health::passing("ok"),
     )))
     .unwrap();
-    rt.run(two.heartbeat("node2:web:80", &Health::critical("503")))
+    rt.run(two.set_health("node2:web:80", &Health::critical("503")))
         .unwrap();
     rt.run(one.register(&instance(
         "node1",

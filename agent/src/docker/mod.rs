@@ -16,7 +16,9 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{EventMessage, EventMessageTypeEnum};
-use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
+use bollard::query_parameters::{
+    EventsOptionsBuilder, ListContainersOptionsBuilder, RestartContainerOptionsBuilder,
+};
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -52,6 +54,9 @@ pub enum DockerError {
         source: BollardError,
     },
 }
+
+/// How long Docker waits for a container to stop on a self-healing restart before killing it.
+pub const RESTART_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A bollard client with a timeout on every call.
 #[derive(Clone, Debug)]
@@ -164,6 +169,22 @@ impl DockerClient {
                 ..
             }) => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Restarts a container (self-healing; the only write berth makes to Docker). Docker
+    /// waits up to [`RESTART_STOP_TIMEOUT`] for it to stop, so the call may take that long.
+    pub async fn restart(&self, id: &str) -> Result<(), DockerError> {
+        let opts = RestartContainerOptionsBuilder::default()
+            .t(RESTART_STOP_TIMEOUT.as_secs() as i32)
+            .build();
+        let op = "restart";
+        let call = self.docker.restart_container(id, Some(opts));
+        let timeout = self.timeout + RESTART_STOP_TIMEOUT;
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(DockerError::Api { op, source }),
+            Err(_) => Err(DockerError::Timeout { op, timeout }),
         }
     }
 

@@ -38,7 +38,7 @@ pub(super) struct Raw {
 }
 
 impl Raw {
-    fn label(key: &str, value: &str) -> Raw {
+    pub(super) fn label(key: &str, value: &str) -> Raw {
         Raw {
             source: Source::Label,
             key: key.to_owned(),
@@ -339,6 +339,8 @@ pub(super) struct ServiceLabels {
 pub(super) struct Native {
     /// Unparsed: the gate reports a bad value.
     pub enable: Option<Raw>,
+    /// `berth.autoheal`, unparsed.
+    pub autoheal: Option<Raw>,
     pub name: Option<Raw>,
     pub id: Option<Raw>,
     pub tags: Option<Raw>,
@@ -361,6 +363,7 @@ impl Native {
             let raw = Raw::label(key, value);
             match rest {
                 "enable" => n.enable = Some(raw),
+                "autoheal" => n.autoheal = Some(raw),
                 "name" => n.name = non_empty(raw, notes),
                 "id" => n.id = non_empty(raw, notes),
                 "tags" => n.tags = Some(raw),

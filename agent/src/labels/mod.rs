@@ -11,6 +11,7 @@
 //! 4. resolve name, id, tags, meta and checks per port or per `berth.service.<svc>`, then
 //!    make ids unique.
 
+mod checks;
 mod keys;
 mod ports;
 mod sanitize;
@@ -24,9 +25,15 @@ use berth_registry::{Health, Instance, Origin};
 
 use crate::docker::view::{ContainerView, DockerHealth, PortProto, Proto};
 
+pub use checks::{CheckSpec, ProbeKind, Probes, Target};
 use keys::{Native, Raw, Registrator, Scope, ServiceLabels};
 use ports::{Candidates, Endpoint};
 use sanitize::quote;
+
+/// `output` cut to the 4 KB every backend stores.
+pub fn truncate_output(output: &str) -> &str {
+    sanitize::truncate(output, sanitize::MAX_HEALTH_OUTPUT)
+}
 
 /// Agent-wide settings that shape what a container registers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +77,10 @@ pub struct Outcome {
     pub instances: Vec<Instance>,
     /// Check keys per instance id (only ids that have any).
     pub checks: BTreeMap<String, CheckLabels>,
+    /// The probes berth runs, per instance id (only ids that have any).
+    pub probes: BTreeMap<String, Probes>,
+    /// `berth.autoheal=true` or `autoheal=true`: restart the container when it fails.
+    pub autoheal: bool,
     pub notes: Vec<Note>,
 }
 
@@ -80,11 +91,17 @@ pub struct Outcome {
 /// has a note.
 pub fn plan_container(view: &ContainerView, settings: &Settings) -> Outcome {
     let mut notes = Notes::default();
-    let planned = plan(view, settings, &mut notes).unwrap_or_default();
-    let mut outcome = Outcome::default();
+    let (planned, autoheal) = plan(view, settings, &mut notes).unwrap_or_default();
+    let mut outcome = Outcome {
+        autoheal,
+        ..Outcome::default()
+    };
     for p in planned {
         if !p.checks.is_empty() {
             outcome.checks.insert(p.instance.id.clone(), p.checks);
+        }
+        if !p.probes.is_empty() {
+            outcome.probes.insert(p.instance.id.clone(), p.probes);
         }
         outcome.instances.push(p.instance);
     }
@@ -129,6 +146,7 @@ struct Planned {
     instance: Instance,
     proto: Proto,
     checks: CheckLabels,
+    probes: Probes,
 }
 
 /// How an instance id is formed once the container's port count is known.
@@ -155,7 +173,12 @@ struct Spec {
     checks: BTreeMap<String, Raw>,
 }
 
-fn plan(view: &ContainerView, settings: &Settings, notes: &mut Notes) -> Option<Vec<Planned>> {
+/// The instances of `view` and whether it asked for self-healing.
+fn plan(
+    view: &ContainerView,
+    settings: &Settings,
+    notes: &mut Notes,
+) -> Option<(Vec<Planned>, bool)> {
     if !view.running {
         notes.info("container is not running");
         return None;
@@ -188,7 +211,23 @@ fn plan(view: &ContainerView, settings: &Settings, notes: &mut Notes) -> Option<
     } else {
         service_specs(&ctx, &candidates, notes)
     };
-    Some(build(view, settings, specs, notes))
+    let container_ip = checks::container_ip(view, settings, native.network.as_ref());
+    let autoheal = autoheal(view, &native, notes);
+    Some((build(view, settings, container_ip, specs, notes), autoheal))
+}
+
+/// `berth.autoheal` or, failing that, the `autoheal` label other tools use.
+fn autoheal(view: &ContainerView, native: &Native, notes: &mut Notes) -> bool {
+    let short = view
+        .labels
+        .get("autoheal")
+        .map(|v| keys::Raw::label("autoheal", v));
+    native
+        .autoheal
+        .as_ref()
+        .or(short.as_ref())
+        .and_then(|raw| boolean(raw, notes))
+        .unwrap_or(false)
 }
 
 /// Container-level decisions. `None`: nothing registers. `Some(opted_in)`: go on, and
@@ -579,6 +618,7 @@ fn service_specs(ctx: &Ctx<'_>, candidates: &Candidates, notes: &mut Notes) -> V
 fn build(
     view: &ContainerView,
     settings: &Settings,
+    container_ip: Option<IpAddr>,
     specs: Vec<Spec>,
     notes: &mut Notes,
 ) -> Vec<Planned> {
@@ -606,8 +646,14 @@ fn build(
             }
         };
         let meta = cap_meta(spec.meta, notes);
-        let checks: CheckLabels = spec.checks.into_iter().map(|(k, r)| (k, r.value)).collect();
         for endpoint in spec.endpoints {
+            let dial = checks::Dial {
+                container_ip,
+                pp: spec.pp,
+                address: endpoint.address.clone(),
+                port: endpoint.port,
+            };
+            let probes = checks::parse(&spec.checks, &dial, notes);
             planned.push(Planned {
                 instance: Instance {
                     id: id.clone(),
@@ -620,7 +666,12 @@ fn build(
                     health: health.clone(),
                 },
                 proto: spec.pp.proto,
-                checks: checks.clone(),
+                checks: spec
+                    .checks
+                    .iter()
+                    .map(|(k, r)| (k.clone(), r.value.clone()))
+                    .collect(),
+                probes,
             });
         }
     }

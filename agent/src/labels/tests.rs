@@ -487,7 +487,9 @@ fn registrator_keys() {
                 "node1:lbl-regenv:80 check_http=/health",
                 "node1:lbl-regenv:80 check_interval=15s",
             ],
-            notes: &[],
+            notes: &[
+                "W env SERVICE_CHECK_INTERVAL=\"15s\": no check kind is set (http, https, tcp or grpc); ignored",
+            ],
         },
         Case {
             name: "native labels win over SERVICE_*",
@@ -508,7 +510,9 @@ fn registrator_keys() {
                 "node1:lbl-regenv:80 check_http=/health",
                 "node1:lbl-regenv:80 check_interval=15s",
             ],
-            notes: &[],
+            notes: &[
+                "W env SERVICE_CHECK_INTERVAL=\"15s\": no check kind is set (http, https, tcp or grpc); ignored",
+            ],
         },
         Case {
             name: "SERVICE_NAME from env alone; container-wide name gets -<port> in a group",
@@ -1436,4 +1440,179 @@ fn wildcard_bindings_on_different_ports_register_the_host_ip_family_only() {
         .map(|i| (i.address.clone(), i.port))
         .collect();
     assert_eq!(got, [("2001:db8::10".to_owned(), 18081)]);
+}
+
+/// `id name kind-target interval timeout rise/fall initial`, one per probe.
+fn render_probes(out: &Outcome) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (id, p) in &out.probes {
+        for c in &p.checks {
+            let what = match &c.kind {
+                ProbeKind::Http {
+                    method,
+                    url,
+                    tls_skip_verify,
+                } => format!(
+                    "{method} {url}{}",
+                    if *tls_skip_verify { " insecure" } else { "" }
+                ),
+                ProbeKind::Tcp(t) => format!("tcp {t}"),
+                ProbeKind::Grpc { target, service } => format!("grpc {target} {service:?}"),
+            };
+            lines.push(format!(
+                "{id} {} {what} every {:?} timeout {:?} rise {} fall {} initial {}",
+                c.name, c.interval, c.timeout, c.rise, c.fall, c.initial
+            ));
+        }
+        if let Some(d) = p.deregister_after {
+            lines.push(format!("{id} deregister_after {d:?}"));
+        }
+    }
+    lines
+}
+
+fn probes_of(fixture_name: &str, labels: &[(&str, &str)], opts: &[Opt]) -> (Outcome, Vec<String>) {
+    let mut view = fixture(fixture_name);
+    for (k, v) in labels {
+        view.labels.insert((*k).into(), (*v).into());
+    }
+    let mut s = settings();
+    for opt in opts {
+        if let Opt::Network(n) = opt {
+            s.network = Some((*n).into());
+        }
+    }
+    let out = plan_container(&view, &s);
+    assert_invariants(&out);
+    let lines = render_probes(&out);
+    (out, lines)
+}
+
+#[test]
+fn probes_dial_the_container_and_follow_registrator_keys() {
+    let (out, lines) = probes_of(
+        "web",
+        &[
+            ("SERVICE_CHECK_HTTP", "/health"),
+            ("SERVICE_CHECK_TCP", "true"),
+            ("SERVICE_CHECK_INTERVAL", "3s"),
+            ("SERVICE_CHECK_TIMEOUT", "9s"),
+            ("SERVICE_CHECK_HTTP_METHOD", "head"),
+            ("SERVICE_CHECK_INITIAL_STATUS", "passing"),
+            ("SERVICE_CHECK_DEREGISTER_AFTER", "90s"),
+            ("SERVICE_CHECK_TTL", "30s"),
+        ],
+        &[],
+    );
+    // The container IP and container port, not 192.0.2.10:18080 (docker-proxy would accept).
+    assert_eq!(
+        lines,
+        [
+            "node1:lbl-web:80 http HEAD http://172.17.0.2:80/health every 3s timeout 3s rise 1 fall 1 initial passing",
+            "node1:lbl-web:80 deregister_after 90s",
+        ]
+    );
+    let notes: Vec<String> = out.notes.iter().map(render_note).collect();
+    assert!(notes.contains(&"W label SERVICE_CHECK_TCP=\"true\": a check has one kind and http takes precedence; ignored".to_owned()), "{notes:?}");
+    assert!(
+        notes.contains(
+            &"I label SERVICE_CHECK_TIMEOUT=\"9s\": longer than the interval; capped at it"
+                .to_owned()
+        ),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("I label SERVICE_CHECK_TTL")),
+        "{notes:?}"
+    );
+    assert!(!out.autoheal);
+}
+
+#[test]
+fn native_checks_override_add_and_inherit() {
+    let (out, lines) = probes_of(
+        "web",
+        &[
+            ("SERVICE_CHECK_HTTP", "/old"),
+            ("berth.check.tcp", "true"),
+            ("berth.check.port", "9"),
+            ("berth.check.interval", "500ms"),
+            ("berth.check.fall", "3"),
+            ("berth.check.page.https", "true"),
+            ("berth.check.page.path", "/ready"),
+            ("berth.check.page.tls_skip_verify", "true"),
+            ("berth.check.page.rise", "2"),
+            ("berth.check.rpc.grpc", "my.Service"),
+            ("berth.check.rpc.interval", "20s"),
+            ("berth.check.bad.fall", "0"),
+            ("berth.check.nokind.interval", "5s"),
+            ("berth.autoheal", "true"),
+        ],
+        &[],
+    );
+    assert_eq!(
+        lines,
+        [
+            "node1:lbl-web:80 page GET https://172.17.0.2:9/ready insecure every 1s timeout 1s rise 2 fall 3 initial critical",
+            "node1:lbl-web:80 rpc grpc 172.17.0.2:9 \"my.Service\" every 20s timeout 5s rise 1 fall 3 initial critical",
+            "node1:lbl-web:80 tcp tcp 172.17.0.2:9 every 1s timeout 1s rise 1 fall 3 initial critical",
+        ]
+    );
+    let notes: Vec<String> = out.notes.iter().map(render_note).collect();
+    for want in [
+        "I label SERVICE_CHECK_HTTP=\"/old\": replaced by the berth.check.* check",
+        "W label berth.check.interval=\"500ms\": below the 1s minimum; using 1s",
+        "W check nokind: no kind is set (berth.check.nokind.http, .https, .tcp or .grpc); ignored",
+        "W check bad: no kind is set (berth.check.bad.http, .https, .tcp or .grpc); ignored",
+    ] {
+        assert!(
+            notes.contains(&want.to_owned()),
+            "missing {want:?} in {notes:?}"
+        );
+    }
+    assert!(out.autoheal);
+}
+
+#[test]
+fn service_scoped_checks_host_network_and_the_short_autoheal_label() {
+    let (out, lines) = probes_of(
+        "multinet",
+        &[
+            ("berth.service.app.port", "80"),
+            ("berth.service.app.check.http", "/health"),
+            ("berth.service.admin.port", "8080"),
+            ("autoheal", "true"),
+        ],
+        &[Opt::Network("berthlbl-b")],
+    );
+    // Probes use the named network's IP; the unpublished 8080 service does not register.
+    assert_eq!(
+        lines,
+        [
+            "node1:lbl-multinet:80 http GET http://172.19.0.2:80/health every 10s timeout 5s rise 1 fall 1 initial critical"
+        ]
+    );
+    assert!(out.autoheal);
+
+    let (_, lines) = probes_of(
+        "host",
+        &[("berth.check.tcp", "true"), ("berth.port", "80")],
+        &[],
+    );
+    assert_eq!(
+        lines,
+        [
+            "node1:lbl-host:80 tcp tcp 192.0.2.10:80 every 10s timeout 5s rise 1 fall 1 initial critical"
+        ],
+        "host network: the registered address"
+    );
+    let (out, lines) = probes_of("web", &[("berth.autoheal", "sometimes")], &[]);
+    assert!(lines.is_empty() && !out.autoheal);
+    assert!(
+        out.notes
+            .iter()
+            .any(|n| n.message.contains("not a boolean"))
+    );
 }

@@ -37,10 +37,10 @@ pub async fn run(
         }
         let due = store.take_due(Instant::now());
         let results: Vec<(String, Result<(), RegistryError>)> = futures::stream::iter(due)
-            .map(|(id, health)| {
+            .map(|id| {
                 let registry = &registry;
                 async move {
-                    let r = registry.heartbeat(&id, &health).await;
+                    let r = registry.heartbeat(&id).await;
                     (id, r)
                 }
             })

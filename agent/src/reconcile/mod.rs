@@ -10,8 +10,10 @@
 //!   reconnect and periodic resync are all this same path; a container that is gone inspects
 //!   as nothing, so its registrations are planned away.
 //!
-//! A container reconcile is: inspect → [`labels::plan_container`] → [`plan::plan`] against
-//! the store → apply the ops in order → record each successful write in the store.
+//! A container reconcile is: inspect → [`labels::plan_container`] → [`Prober::sync`] (probe
+//! verdicts replace the health of probed instances; withdrawn ones are left out) →
+//! [`plan::plan`] against the store → apply the ops in order → record each successful write in
+//! the store. A labelled container Docker calls unhealthy is also handed to self-healing.
 
 pub mod heartbeat;
 pub mod plan;
@@ -28,8 +30,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::docker::view::DockerHealth;
 use crate::docker::{DockerClient, Trigger};
-use crate::labels::{self, Level};
+use crate::heal;
+use crate::labels::{self, Level, Note};
+use crate::probe::{self, Prober};
 use plan::Op;
 use store::Store;
 
@@ -40,6 +45,8 @@ pub struct Context {
     pub registry: Registry,
     pub store: Arc<Store>,
     pub settings: Arc<labels::Settings>,
+    pub prober: Arc<Prober>,
+    pub heal: mpsc::Sender<heal::Request>,
 }
 
 /// Tunables of the reconciler.
@@ -264,15 +271,32 @@ async fn reconcile_container(ctx: Context, id: String, permits: Arc<Semaphore>) 
 }
 
 async fn reconcile_one(ctx: &Context, id: &str) -> bool {
-    let outcome = match ctx.docker.inspect(id).await {
-        Ok(Some(view)) => labels::plan_container(&view, &ctx.settings),
+    let (mut outcome, name) = match ctx.docker.inspect(id).await {
+        Ok(Some(view)) => {
+            let outcome = labels::plan_container(&view, &ctx.settings);
+            if outcome.autoheal
+                && let Some(DockerHealth::Unhealthy(out)) = &view.health
+            {
+                let reason = if out.is_empty() {
+                    "Docker HEALTHCHECK reports unhealthy".to_owned()
+                } else {
+                    format!("Docker HEALTHCHECK reports unhealthy: {out}")
+                };
+                probe::request_heal(&ctx.heal, id, &view.name, reason);
+            }
+            (outcome, view.name)
+        }
         // Gone: nothing is desired, so whatever it registered is removed.
-        Ok(None) => labels::Outcome::default(),
+        Ok(None) => {
+            ctx.prober.forget(id);
+            (labels::Outcome::default(), String::new())
+        }
         Err(e) => {
             warn!(error = %crate::telemetry::chain(&e), "cannot inspect container; will retry");
             return false;
         }
     };
+    apply_verdicts(ctx, id, &name, &mut outcome);
     if ctx.store.set_notes(id, outcome.notes.clone()) {
         for note in &outcome.notes {
             match note.level {
@@ -305,6 +329,32 @@ async fn reconcile_one(ctx: &Context, id: &str) -> bool {
     ok
 }
 
+/// Puts each probed instance's verdict on it, and leaves out the withdrawn ones.
+fn apply_verdicts(ctx: &Context, id: &str, name: &str, outcome: &mut labels::Outcome) {
+    let verdicts = ctx.prober.sync(id, name, outcome);
+    let mut withdrawn = Vec::new();
+    outcome.instances.retain_mut(|i| match verdicts.get(&i.id) {
+        Some(v) if v.withdrawn => {
+            withdrawn.push(i.id.clone());
+            false
+        }
+        Some(v) => {
+            i.health = v.health.clone();
+            true
+        }
+        None => true,
+    });
+    for w in withdrawn {
+        outcome.notes.push(Note {
+            level: Level::Warn,
+            message: format!(
+                "instance {w} has been critical longer than its deregister_after; withdrawn \
+                 until its checks pass again"
+            ),
+        });
+    }
+}
+
 async fn apply(ctx: &Context, op: &Op) -> Result<(), RegistryError> {
     match op {
         Op::Register(instance) => {
@@ -318,7 +368,7 @@ async fn apply(ctx: &Context, op: &Op) -> Result<(), RegistryError> {
             ctx.store.deregistered(id);
         }
         Op::SetHealth { id, health } => {
-            match ctx.registry.heartbeat(id, health).await {
+            match ctx.registry.set_health(id, health).await {
                 Ok(()) => {}
                 // Lost meanwhile: forget it; the next reconcile registers it again.
                 Err(RegistryError::NotFound { .. }) => {

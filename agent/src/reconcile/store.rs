@@ -128,10 +128,11 @@ impl Store {
         self.wake.notify_one();
     }
 
-    /// Records a successful registration; its first heartbeat (which carries the output) is
-    /// due now.
+    /// Records a successful registration (which started its TTL); its first heartbeat is due
+    /// one interval later.
     pub fn registered(&self, instance: Instance) {
-        self.lock().insert(instance, Instant::now());
+        self.lock()
+            .insert(instance, Instant::now() + self.beat_every);
         self.wake.notify_one();
     }
 
@@ -140,13 +141,11 @@ impl Store {
         self.lock().remove(id);
     }
 
-    /// Records a health report that reached the registry.
+    /// Records a health report that reached the registry. The heartbeat schedule is not
+    /// touched: health and liveness are written apart.
     pub fn health_reported(&self, id: &str, health: Health) {
-        let now = Instant::now() + self.beat_every;
-        let mut inner = self.lock();
-        if let Some(i) = inner.instances.get_mut(id) {
+        if let Some(i) = self.lock().instances.get_mut(id) {
             i.health = health;
-            inner.schedule(id, now);
         }
     }
 
@@ -162,7 +161,7 @@ impl Store {
     }
 
     /// Takes every instance due at `now` and schedules its next beat.
-    pub fn take_due(&self, now: Instant) -> Vec<(String, Health)> {
+    pub fn take_due(&self, now: Instant) -> Vec<String> {
         let next = now + self.beat_every;
         let mut inner = self.lock();
         let mut due = Vec::new();
@@ -171,8 +170,8 @@ impl Store {
                 break;
             }
             inner.schedule(&id, next);
-            if let Some(i) = inner.instances.get(&id) {
-                due.push((id, i.health.clone()));
+            if inner.instances.contains_key(&id) {
+                due.push(id);
             }
         }
         due
@@ -245,13 +244,20 @@ mod tests {
         let store = Store::new(Duration::from_secs(5));
         store.registered(inst("a", "c1"));
         let t0 = Instant::now();
-        assert_eq!(store.next_due(), Some(t0), "first beat is immediate");
-        assert_eq!(store.take_due(t0).len(), 1);
-        assert_eq!(store.next_due(), Some(t0 + Duration::from_secs(5)));
+        let beat = Duration::from_secs(5);
+        assert_eq!(
+            store.next_due(),
+            Some(t0 + beat),
+            "registering started the TTL: first beat one interval later"
+        );
         assert!(store.take_due(t0 + Duration::from_secs(4)).is_empty());
-        tokio::time::advance(Duration::from_secs(5)).await;
-        let due = store.take_due(Instant::now());
-        assert_eq!(due, vec![("a".to_owned(), Health::passing("ok"))]);
+        assert_eq!(store.take_due(t0 + beat), vec!["a".to_owned()]);
+        assert_eq!(store.next_due(), Some(t0 + beat * 2));
+        // A health report does not move the heartbeat.
+        store.health_reported("a", Health::critical("down"));
+        assert_eq!(store.next_due(), Some(t0 + beat * 2));
+        tokio::time::advance(beat * 2).await;
+        assert_eq!(store.take_due(Instant::now()), vec!["a".to_owned()]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -284,7 +290,6 @@ mod tests {
     async fn replace_keeps_slots_of_known_instances() {
         let store = Store::new(Duration::from_secs(5));
         store.registered(inst("a", "c1"));
-        store.take_due(Instant::now());
         let slot = store.next_due().unwrap();
         let mut listing = Listing::default();
         listing.owned.push(inst("a", "c1"));
@@ -302,8 +307,7 @@ mod tests {
             "new instance beats at once"
         );
         let due = store.take_due(Instant::now());
-        assert_eq!(due.len(), 1);
-        assert_eq!(due[0].0, "new");
+        assert_eq!(due, vec!["new".to_owned()]);
         assert_eq!(store.next_due(), Some(slot));
         let p = store.plan_container("n", "c9", &[inst("theirs", "c9")]);
         assert!(p.ops.is_empty() && p.conflicts.len() == 1);

@@ -1,5 +1,7 @@
-//! Consul backend: each instance is a service on the **local agent** with one TTL check,
-//! `service:<id>`, that berth's heartbeat keeps passing.
+//! Consul backend: each instance is a service on the **local agent** with two TTL checks:
+//! `service:<id>` carries its health (written when the status changes) and
+//! `service:<id>:ttl` is berth's liveness, which every heartbeat keeps passing and which alone
+//! makes Consul reap the instance when berth stops (see [`wire::Registration`]).
 //!
 //! Writes go through the agent API (`/v1/agent/service/register`), never the catalog API:
 //! the agent's anti-entropy erases catalog entries on its own node that it did not register
@@ -41,7 +43,9 @@ use tracing::{debug, warn};
 
 pub use config::ConsulConfig;
 use http::{Agent, ApiError};
-use wire::{CheckUpdate, HealthEntry, Registration, check_id, missing_check};
+use wire::{
+    CheckUpdate, HealthEntry, Registration, check_id, expired, missing_check, ttl_check_id,
+};
 
 use crate::{Health, Instance, Listing, RegistryError};
 
@@ -132,10 +136,9 @@ impl ConsulRegistry {
         Ok(listing)
     }
 
-    /// Creates or replaces `instance` and its TTL check. Idempotent.
-    ///
-    /// A new check starts in `instance.health`; an existing one keeps its status (Consul 1.8.7
-    /// does not reset it), since health travels through [`heartbeat`](Self::heartbeat).
+    /// Creates or replaces `instance` and its two checks, then writes `instance.health` to the
+    /// health check (Consul 1.8.7 takes no initial output, and keeps an existing check's
+    /// status on a re-registration). Idempotent.
     pub async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
         let body = Registration::new(instance, self.ttl, self.deregister_critical_after);
         // Drops any other check under this service, e.g. one left by an older berth.
@@ -148,6 +151,7 @@ impl ConsulRegistry {
             .put(&url, Some(&body))
             .await
             .map_err(|e| e.into_registry(&format!("register of {}", instance.id)))?;
+        self.set_health(&instance.id, &instance.health).await?;
         debug!(service.id = %instance.id, service.name = %instance.name, "registered on the consul agent");
         Ok(())
     }
@@ -174,33 +178,57 @@ impl ConsulRegistry {
         Ok(())
     }
 
-    /// Passes `health` to the instance's TTL check, which also restarts its TTL.
+    /// Restarts the TTL of the instance's liveness check.
     ///
     /// Answers [`RegistryError::NotFound`] when the agent does not know the check (it
     /// restarted without state, or reaped the instance); the caller registers it again.
-    pub async fn heartbeat(&self, id: &str, health: &Health) -> Result<(), RegistryError> {
-        let check = check_id(id);
-        let url = self.agent.url("/v1/agent/check/update/", &check, "");
-        let Err(error) = self.agent.put(&url, Some(&CheckUpdate::new(health))).await else {
+    pub async fn heartbeat(&self, id: &str) -> Result<(), RegistryError> {
+        self.update(id, &ttl_check_id(id), &CheckUpdate::alive(), "heartbeat")
+            .await
+    }
+
+    /// Writes `health` to the instance's health check.
+    ///
+    /// Answers [`RegistryError::NotFound`] like [`heartbeat`](Self::heartbeat).
+    pub async fn set_health(&self, id: &str, health: &Health) -> Result<(), RegistryError> {
+        self.update(
+            id,
+            &check_id(id),
+            &CheckUpdate::new(health),
+            "health update",
+        )
+        .await
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        check: &str,
+        body: &CheckUpdate<'_>,
+        what: &str,
+    ) -> Result<(), RegistryError> {
+        let url = self.agent.url("/v1/agent/check/update/", check, "");
+        let Err(error) = self.agent.put(&url, Some(body)).await else {
             return Ok(());
         };
         let lost = match error.status() {
             Some(StatusCode::NOT_FOUND) => true,
             // 1.8.7 answers 500 for a check it does not know; the text differs with ACLs on.
             Some(StatusCode::INTERNAL_SERVER_ERROR) => {
-                matches!(self.check_exists(&check).await, Ok(false))
+                matches!(self.check_exists(check).await, Ok(false))
             }
             _ => false,
         };
         if lost {
-            debug!(service.id = %id, "the consul agent lost the instance's check");
+            debug!(service.id = %id, check, "the consul agent lost the instance's check");
             return Err(RegistryError::NotFound { id: id.to_owned() });
         }
-        Err(error.into_registry(&format!("heartbeat of {id}")))
+        Err(error.into_registry(&format!("{what} of {id}")))
     }
 
     /// berth's instances of `service` across the datacenter, from the catalog's
-    /// `/v1/health/service/<name>`, each with the health of its `service:<id>` check.
+    /// `/v1/health/service/<name>`, each with the health of its `service:<id>` check, or
+    /// critical when its liveness check `service:<id>:ttl` expired.
     ///
     /// With `passing_only`, only instances whose checks all pass, node checks included (as
     /// Consul's `?passing` and its DNS interface filter). Services not written by berth are
@@ -235,6 +263,12 @@ impl ConsulRegistry {
                     continue;
                 }
             };
+            let local_check = |id: &str| {
+                local
+                    .get(id)
+                    .and_then(|c| serde_json::from_value::<wire::Check>(c.clone()).ok())
+                    .filter(|c| c.node == entry.node.node)
+            };
             let check = check_id(&entry.service.id);
             let health = entry
                 .checks
@@ -243,11 +277,13 @@ impl ConsulRegistry {
                 .map_or_else(missing_check, |c| c.health());
             // For instances on the local agent, its own view is current; the catalog's
             // output may lag behind it (see above).
-            let health = local
-                .get(&check)
-                .and_then(|c| serde_json::from_value::<wire::Check>(c.clone()).ok())
-                .filter(|c| c.node == entry.node.node)
-                .map_or(health, |c| c.health());
+            let mut health = local_check(&check).map_or(health, |c| c.health());
+            let ttl = ttl_check_id(&entry.service.id);
+            let alive = local_check(&ttl)
+                .or_else(|| entry.checks.iter().find(|c| c.check_id == ttl).cloned());
+            if let Some(alive) = alive.filter(|c| c.health().status > health.status) {
+                health = expired(&alive);
+            }
             let mut found = entry.service;
             if found.address.is_empty() {
                 // Consul's rule: a service without an address is reached at its node's.

@@ -12,15 +12,26 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{Health, Instance, Status};
 
-/// Name of berth's TTL check, as the Consul UI shows it.
-pub(super) const CHECK_NAME: &str = "berth TTL heartbeat";
+/// Name of the check carrying the instance's health, as the Consul UI shows it.
+pub(super) const HEALTH_CHECK_NAME: &str = "berth health";
+/// Name of berth's liveness check, as the Consul UI shows it.
+pub(super) const TTL_CHECK_NAME: &str = "berth TTL heartbeat";
+
+/// TTL of the health check. It is written when the status changes, never on a schedule, so it
+/// must not expire by itself; the liveness check is what expires when berth stops.
+const HEALTH_CHECK_TTL: &str = "87600h";
 
 /// Longest check output berth sends: Consul's default `check_output_max_size`.
 pub(super) const MAX_OUTPUT_BYTES: usize = 4096;
 
-/// The id of the TTL check that belongs to service `id`.
+/// The id of the check carrying the health of service `id`.
 pub(super) fn check_id(id: &str) -> String {
     format!("service:{id}")
+}
+
+/// The id of the liveness check of service `id`, refreshed by every heartbeat.
+pub(super) fn ttl_check_id(id: &str) -> String {
+    format!("service:{id}:ttl")
 }
 
 /// Body of `PUT /v1/agent/service/register`.
@@ -35,11 +46,16 @@ pub(super) struct Registration<'a> {
     tags: &'a [String],
     meta: BTreeMap<String, String>,
     enable_tag_override: bool,
-    check: TtlCheck,
+    checks: [TtlCheck; 2],
 }
 
-/// The one check each instance carries. Consul 1.8.7 refuses unknown fields here (400), so
-/// this holds exactly what it accepts; there is no initial `Output`.
+/// The two checks each instance carries: its health (`service:<id>`, written when the status
+/// changes) and berth's liveness (`service:<id>:ttl`, refreshed by every heartbeat, and the
+/// only one Consul reaps on). Keeping them apart means an instance whose probe fails stays
+/// registered (critical, out of DNS) instead of being reaped and registered again in a loop.
+///
+/// Consul 1.8.7 refuses unknown fields here (400), so this holds exactly what it accepts;
+/// there is no initial `Output`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct TtlCheck {
@@ -48,7 +64,8 @@ struct TtlCheck {
     name: &'static str,
     #[serde(rename = "TTL")]
     ttl: String,
-    deregister_critical_service_after: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deregister_critical_service_after: Option<String>,
     status: &'static str,
     notes: String,
 }
@@ -66,10 +83,15 @@ impl<'a> Registration<'a> {
         } else {
             &origin.container_name
         };
-        let notes = format!(
+        let alive_notes = format!(
             "Kept alive by the berth agent on node {} for container {container}; turns \
              critical when berth stops heartbeating (TTL {ttl}) and is removed after {reap} \
              critical.",
+            origin.node
+        );
+        let health_notes = format!(
+            "Health of container {container} as the berth agent on node {} sees it (its \
+             probes, or Docker's HEALTHCHECK); written when the status changes.",
             origin.node
         );
         Registration {
@@ -80,16 +102,26 @@ impl<'a> Registration<'a> {
             tags: &instance.tags,
             meta: instance.registry_meta(),
             enable_tag_override: false,
-            check: TtlCheck {
-                check_id: check_id(&instance.id),
-                name: CHECK_NAME,
-                ttl,
-                deregister_critical_service_after: reap,
-                // The check starts in the instance's state. On a re-registration Consul 1.8.7
-                // keeps the current status of an existing check instead.
-                status: instance.health.status.as_str(),
-                notes,
-            },
+            checks: [
+                TtlCheck {
+                    check_id: check_id(&instance.id),
+                    name: HEALTH_CHECK_NAME,
+                    ttl: HEALTH_CHECK_TTL.to_owned(),
+                    deregister_critical_service_after: None,
+                    // The check starts in the instance's state. On a re-registration Consul
+                    // 1.8.7 keeps the current status of an existing check instead.
+                    status: instance.health.status.as_str(),
+                    notes: health_notes,
+                },
+                TtlCheck {
+                    check_id: ttl_check_id(&instance.id),
+                    name: TTL_CHECK_NAME,
+                    ttl,
+                    deregister_critical_service_after: Some(reap),
+                    status: "passing",
+                    notes: alive_notes,
+                },
+            ],
         }
     }
 }
@@ -107,6 +139,14 @@ impl<'a> CheckUpdate<'a> {
         CheckUpdate {
             status: health.status.as_str(),
             output: cap_output(&health.output),
+        }
+    }
+
+    /// The liveness check's update: passing, with a fixed output.
+    pub(super) fn alive() -> Self {
+        CheckUpdate {
+            status: "passing",
+            output: "berth is heartbeating",
         }
     }
 }
@@ -150,7 +190,7 @@ impl Service {
 }
 
 /// A check as `/v1/agent/checks` and the `Checks` of `/v1/health/service/<name>` show it.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub(super) struct Check {
     #[serde(rename = "CheckID", deserialize_with = "nullable")]
@@ -179,9 +219,18 @@ impl Check {
     }
 }
 
-/// Health of an instance whose berth check is missing.
+/// Health of an instance whose berth health check is missing.
 pub(super) fn missing_check() -> Health {
-    Health::critical("consul has no berth TTL check for this instance")
+    Health::critical("consul has no berth health check for this instance")
+}
+
+/// Health of an instance whose liveness check expired: berth stopped heartbeating.
+pub(super) fn expired(ttl_check: &Check) -> Health {
+    let mut health = ttl_check.health();
+    if health.output.is_empty() || health.output == "berth is heartbeating" {
+        health.output = "berth stopped heartbeating (TTL expired)".to_owned();
+    }
+    health
 }
 
 /// One element of `/v1/health/service/<name>`.

@@ -8,8 +8,8 @@
 //!   retries once under a new one). Either way the lease is forgotten and `keep_lease`
 //!   signals its caller, since every key on the lease went with it; the agent then resyncs,
 //!   and the writes grant and use a new lease.
-//! - **Health** lives in the instance value. A heartbeat with unchanged health costs nothing
-//!   (the lease carries liveness); a changed one rewrites the value.
+//! - **Health** lives in the instance value. A heartbeat costs nothing (the lease carries
+//!   liveness); a health report rewrites the value only when the health changed.
 //! - **Writes only on change.** This backend remembers what it wrote (and what it last listed)
 //!   and skips a register that would only rewrite the same value under the same lease.
 //! - **Atomicity.** An instance key and its index entry are put and deleted in one
@@ -563,12 +563,21 @@ impl EtcdRegistry {
         Ok(())
     }
 
-    /// Reports `health`. Liveness is the lease's job, so unchanged health writes nothing; a
-    /// change rewrites the instance value, only if the key still carries the lease it was
-    /// written with. Answers [`RegistryError::NotFound`] when it does not (the lease was lost,
-    /// or the key deleted), or when this backend never wrote or listed `id`: the caller
-    /// registers again.
-    pub async fn heartbeat(&self, id: &str, health: &Health) -> Result<(), RegistryError> {
+    /// Liveness is the lease's job ([`keep_lease`](Self::keep_lease)), so a heartbeat writes
+    /// nothing: it answers [`RegistryError::NotFound`] when this backend never wrote or listed
+    /// `id`, or dropped it since (its lease was lost), so the caller registers it again.
+    pub async fn heartbeat(&self, id: &str) -> Result<(), RegistryError> {
+        match self.entry(id) {
+            Some(_) => Ok(()),
+            None => Err(RegistryError::NotFound { id: id.to_owned() }),
+        }
+    }
+
+    /// Reports `health`. Unchanged health writes nothing; a change rewrites the instance
+    /// value, only if the key still carries the lease it was written with. Answers
+    /// [`RegistryError::NotFound`] when it does not (the lease was lost, or the key deleted),
+    /// or when this backend never wrote or listed `id`: the caller registers again.
+    pub async fn set_health(&self, id: &str, health: &Health) -> Result<(), RegistryError> {
         let lost = || RegistryError::NotFound { id: id.to_owned() };
         let Some(entry) = self.entry(id) else {
             return Err(lost());

@@ -1,0 +1,212 @@
+//! Opt-in self-healing: restart a container labelled `berth.autoheal=true` (or
+//! `autoheal=true`) that keeps failing.
+//!
+//! Requests come from the prober (a check failed `--autoheal-failures` times in a row) and
+//! from the reconciler (Docker's HEALTHCHECK says `unhealthy`). This task owns the per-container
+//! limits, so it needs no lock: after a restart the container is left alone for
+//! `--autoheal-cooldown`, and at most `--autoheal-max-restarts` restarts happen per
+//! `--autoheal-window`; then berth logs `autoheal: restart limit reached` once and waits for
+//! the window to move on.
+//!
+//! This is the only part of berth that writes to the Docker API (`POST
+//! /containers/<id>/restart`); everything else only reads.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::docker::DockerClient;
+use crate::probe::Prober;
+
+/// Restart `container` because of `reason`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub container: String,
+    pub name: String,
+    pub reason: String,
+}
+
+/// The limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub cooldown: Duration,
+    pub max_restarts: usize,
+    pub window: Duration,
+}
+
+/// What to do with a request, decided by [`Limits::decide`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Restart now; this is restart `n` in the window.
+    Restart { n: usize },
+    /// Within the cooldown of the last restart.
+    Cooldown,
+    /// The window's restarts are used up; `first` is true the first time this is said.
+    Limit { first: bool },
+}
+
+/// Per-container restart history. Pure apart from the instants it is given.
+#[derive(Debug, Default)]
+pub struct Limits {
+    restarts: HashMap<String, History>,
+}
+
+#[derive(Debug, Default)]
+struct History {
+    at: VecDeque<Instant>,
+    limit_logged: bool,
+}
+
+impl Limits {
+    pub fn decide(&mut self, options: &Options, container: &str, now: Instant) -> Decision {
+        let h = self.restarts.entry(container.to_owned()).or_default();
+        while h
+            .at
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= options.window)
+        {
+            h.at.pop_front();
+        }
+        if h.at
+            .back()
+            .is_some_and(|t| now.duration_since(*t) < options.cooldown)
+        {
+            return Decision::Cooldown;
+        }
+        if h.at.len() >= options.max_restarts {
+            let first = !h.limit_logged;
+            h.limit_logged = true;
+            return Decision::Limit { first };
+        }
+        h.at.push_back(now);
+        h.limit_logged = false;
+        Decision::Restart { n: h.at.len() }
+    }
+
+    /// Forgets containers whose history has aged out of the window.
+    fn prune(&mut self, options: &Options, now: Instant) {
+        self.restarts.retain(|_, h| {
+            h.at.back()
+                .is_some_and(|t| now.duration_since(*t) < options.window)
+        });
+    }
+}
+
+/// The self-healing task.
+pub async fn run<P: crate::probe::exec::Probe>(
+    docker: DockerClient,
+    prober: Arc<Prober<P>>,
+    options: Options,
+    mut requests: mpsc::Receiver<Request>,
+    cancel: CancellationToken,
+) {
+    let mut limits = Limits::default();
+    let mut total: u64 = 0;
+    let mut restarts = JoinSet::new();
+    loop {
+        let req = tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(done) = restarts.join_next() => {
+                if let Ok(Some(container)) = done {
+                    debug!(container = %container, "autoheal: restart finished");
+                }
+                continue;
+            }
+            r = requests.recv() => match r {
+                Some(r) => r,
+                None => break,
+            },
+        };
+        let now = Instant::now();
+        limits.prune(&options, now);
+        let short = short(&req.container);
+        match limits.decide(&options, &req.container, now) {
+            Decision::Cooldown => {
+                debug!(container = %req.name, "autoheal: in cooldown; not restarting yet");
+            }
+            Decision::Limit { first: true } => warn!(
+                "autoheal: restart limit reached for container {} ({short}): {} restarts within \
+                 {}; not restarting it again until the window moves on",
+                req.name,
+                options.max_restarts,
+                humantime::format_duration(options.window)
+            ),
+            Decision::Limit { first: false } => {}
+            Decision::Restart { n } => {
+                total += 1;
+                warn!(
+                    restarts_total = total,
+                    "autoheal: restarting container {} ({short}), restart {n} of at most {} \
+                     within {}: {}",
+                    req.name,
+                    options.max_restarts,
+                    humantime::format_duration(options.window),
+                    req.reason
+                );
+                let note = format!(
+                    "autoheal: restarted {n} time(s) within {}; last because {}",
+                    humantime::format_duration(options.window),
+                    req.reason.lines().next().unwrap_or_default()
+                );
+                prober.restarted(&req.container, note);
+                let docker = docker.clone();
+                restarts.spawn(async move {
+                    match docker.restart(&req.container).await {
+                        Ok(()) => Some(req.container),
+                        Err(e) => {
+                            warn!(
+                                "autoheal: restarting container {} failed: {}",
+                                req.name,
+                                crate::telemetry::chain(&e)
+                            );
+                            None
+                        }
+                    }
+                });
+            }
+        }
+    }
+    restarts.abort_all();
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> Options {
+        Options {
+            cooldown: Duration::from_secs(60),
+            max_restarts: 2,
+            window: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn cooldown_then_limit_then_window() {
+        let o = options();
+        let mut l = Limits::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(l.decide(&o, "a", at(0)), Decision::Restart { n: 1 });
+        assert_eq!(l.decide(&o, "a", at(30)), Decision::Cooldown);
+        // Another container has its own limits.
+        assert_eq!(l.decide(&o, "b", at(30)), Decision::Restart { n: 1 });
+        assert_eq!(l.decide(&o, "a", at(61)), Decision::Restart { n: 2 });
+        assert_eq!(l.decide(&o, "a", at(200)), Decision::Limit { first: true });
+        assert_eq!(l.decide(&o, "a", at(300)), Decision::Limit { first: false });
+        // The first restart leaves the window: one more is allowed.
+        assert_eq!(l.decide(&o, "a", at(3600)), Decision::Restart { n: 2 });
+        assert_eq!(l.decide(&o, "a", at(3630)), Decision::Cooldown);
+        assert_eq!(l.decide(&o, "a", at(3660)), Decision::Limit { first: true });
+    }
+}

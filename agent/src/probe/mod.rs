@@ -1,0 +1,505 @@
+//! Health probes: berth runs each instance's checks itself and reports the result through the
+//! registry's health write, so health means the same on Consul and on etcd.
+//!
+//! - [`Prober::sync`] is called by every container reconcile with the container's
+//!   [`Outcome`]: it starts a task per new check, stops the tasks of checks that went away,
+//!   and returns each probed instance's current [`Verdict`], which the reconciler puts on the
+//!   desired instance before planning. Health therefore takes the one reconcile path.
+//! - A check task ([`run_check`]) sleeps a random offset in `[0, interval)`, then probes every
+//!   interval ± 10 %, each probe bounded by its timeout and by a shared semaphore
+//!   (`--probe-concurrency`). One probe of a check is in flight at a time.
+//! - Each result goes through the check's [`Thresholds`] (rise/fall). When an instance's
+//!   verdict changes (a status, or its withdrawal after `deregister_after`), the prober sends
+//!   `Trigger::Container` so the container is reconciled and the change written at once.
+//!   Output alone (timings) never causes a write.
+//! - A labelled container whose check fails `--autoheal-failures` times in a row is handed
+//!   to the [`heal`](crate::heal) task.
+//!
+//! One `std::sync::Mutex` guards the bookkeeping; it is never held across I/O.
+
+pub mod exec;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use berth_registry::{Health, Status};
+use rand::Rng;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::docker::Trigger;
+use crate::heal;
+use crate::labels::{self, CheckSpec, Outcome, Probes};
+use exec::{Probe, describe};
+
+/// Tunables.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Probes in flight at once, across all checks.
+    pub concurrency: usize,
+    /// Consecutive failures of one check that make an autoheal container restart.
+    pub autoheal_failures: u32,
+}
+
+/// The first delay of a check: uniform in `[0, interval)`, so checks created together (a
+/// burst of containers, an agent restart) spread over a whole interval.
+pub fn first_delay(interval: Duration, rng: &mut impl Rng) -> Duration {
+    interval.mul_f64(rng.random_range(0.0..1.0))
+}
+
+/// The delay before the next probe: the interval ± 10 %, so checks that happen to line up
+/// drift apart again.
+pub fn next_delay(interval: Duration, rng: &mut impl Rng) -> Duration {
+    interval.mul_f64(rng.random_range(0.9..=1.1))
+}
+
+/// Rise/fall damping of one check's results.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Thresholds {
+    rise: u32,
+    fall: u32,
+    /// `None` until the first result: the first result counts at once.
+    up: Option<bool>,
+    passes: u32,
+    fails: u32,
+    last: Option<Health>,
+}
+
+impl Thresholds {
+    pub fn new(rise: u32, fall: u32) -> Thresholds {
+        Thresholds {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            up: None,
+            passes: 0,
+            fails: 0,
+            last: None,
+        }
+    }
+
+    /// Takes one probe result. A warning counts as a pass (the target answered).
+    pub fn record(&mut self, result: Health) {
+        if result.status == Status::Critical {
+            self.fails += 1;
+            self.passes = 0;
+        } else {
+            self.passes += 1;
+            self.fails = 0;
+        }
+        self.up = match self.up {
+            None => Some(result.status != Status::Critical),
+            Some(true) if self.fails >= self.fall => Some(false),
+            Some(false) if self.passes >= self.rise => Some(true),
+            same => same,
+        };
+        self.last = Some(result);
+    }
+
+    /// Consecutive failed probes.
+    pub fn failures(&self) -> u32 {
+        self.fails
+    }
+
+    /// The damped status, or `None` before the first result.
+    pub fn status(&self) -> Option<Status> {
+        let last = self.last.as_ref()?;
+        Some(match self.up? {
+            false => Status::Critical,
+            // Up, with failures below `fall`, or a warning.
+            true if last.status == Status::Warning => Status::Warning,
+            true => Status::Passing,
+        })
+    }
+
+    /// The latest probe output.
+    pub fn output(&self) -> Option<&str> {
+        self.last.as_ref().map(|h| h.output.as_str())
+    }
+}
+
+/// What the reconciler does with one probed instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub health: Health,
+    /// Critical for longer than `deregister_after`: not registered until it passes again.
+    pub withdrawn: bool,
+}
+
+/// One check of a tracked instance.
+#[derive(Debug)]
+struct Check {
+    spec: CheckSpec,
+    thresholds: Thresholds,
+}
+
+impl Check {
+    fn status(&self) -> Status {
+        self.thresholds.status().unwrap_or(self.spec.initial)
+    }
+
+    fn output(&self) -> String {
+        match self.thresholds.output() {
+            Some(o) => o.to_owned(),
+            None => format!("{}: no result yet", describe(&self.spec.kind)),
+        }
+    }
+}
+
+/// One probed instance.
+#[derive(Debug)]
+struct Tracked {
+    container: String,
+    container_name: String,
+    probes: Probes,
+    autoheal: bool,
+    /// Tasks of this generation report here; older ones are ignored.
+    generation: u64,
+    cancel: CancellationToken,
+    checks: BTreeMap<String, Check>,
+    critical_since: Option<Instant>,
+    /// The verdict last handed to the reconciler (or announced by a trigger).
+    reported: Verdict,
+}
+
+impl Tracked {
+    /// Statuses of every check (with whether it has a result) plus withdrawal: what decides
+    /// whether a write is needed. Outputs are left out on purpose.
+    fn signature(&self, now: Instant) -> (Vec<(Status, bool)>, bool) {
+        (
+            self.checks
+                .values()
+                .map(|c| (c.status(), c.thresholds.status().is_some()))
+                .collect(),
+            self.withdrawn(now),
+        )
+    }
+
+    fn withdrawn(&self, now: Instant) -> bool {
+        match (self.probes.deregister_after, self.critical_since) {
+            (Some(after), Some(since)) => now.duration_since(since) >= after,
+            _ => false,
+        }
+    }
+
+    fn verdict(&self, now: Instant, heal_note: Option<&str>) -> Verdict {
+        let status = self
+            .checks
+            .values()
+            .map(Check::status)
+            .max()
+            .unwrap_or(Status::Critical);
+        let mut output = match self.checks.values().collect::<Vec<_>>().as_slice() {
+            [one] => one.output(),
+            several => several
+                .iter()
+                .map(|c| format!("{}: {}", c.spec.name, c.output()))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        if let Some(note) = heal_note {
+            output.push('\n');
+            output.push_str(note);
+        }
+        Verdict {
+            health: Health {
+                status,
+                output: labels::truncate_output(&output).to_owned(),
+            },
+            withdrawn: self.withdrawn(now),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// By instance id.
+    instances: HashMap<String, Tracked>,
+    /// Instance ids by container id, so a reconcile touches only its own container.
+    by_container: HashMap<String, BTreeSet<String>>,
+    /// Self-healing restarts shown in the health output, by container id.
+    heal_notes: HashMap<String, String>,
+    next_generation: u64,
+}
+
+impl Inner {
+    /// Stops an instance's check tasks and forgets it.
+    fn remove(&mut self, id: &str) {
+        let Some(t) = self.instances.remove(id) else {
+            return;
+        };
+        t.cancel.cancel();
+        if let Some(ids) = self.by_container.get_mut(&t.container) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_container.remove(&t.container);
+            }
+        }
+    }
+
+    fn insert(&mut self, id: &str, t: Tracked) {
+        self.by_container
+            .entry(t.container.clone())
+            .or_default()
+            .insert(id.to_owned());
+        self.instances.insert(id.to_owned(), t);
+    }
+
+    fn ids_of(&self, container: &str) -> Vec<String> {
+        self.by_container
+            .get(container)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The probe scheduler, shared by the reconcile workers (through [`Prober::sync`]) and the
+/// check tasks.
+#[derive(Debug)]
+pub struct Prober<P = exec::Executor> {
+    inner: Mutex<Inner>,
+    probe: P,
+    options: Options,
+    permits: Semaphore,
+    triggers: mpsc::Sender<Trigger>,
+    heal: mpsc::Sender<heal::Request>,
+    cancel: CancellationToken,
+}
+
+impl<P: Probe> Prober<P> {
+    /// Check tasks stop when `cancel` fires.
+    pub fn new(
+        probe: P,
+        options: Options,
+        triggers: mpsc::Sender<Trigger>,
+        heal: mpsc::Sender<heal::Request>,
+        cancel: CancellationToken,
+    ) -> Arc<Prober<P>> {
+        Arc::new(Prober {
+            inner: Mutex::new(Inner::default()),
+            probe,
+            permits: Semaphore::new(options.concurrency.max(1)),
+            options,
+            triggers,
+            heal,
+            cancel,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing in the critical sections can panic half-way through an update.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Brings the checks of container `container` in line with `outcome` (an empty outcome
+    /// stops them all) and returns the verdict of every probed instance.
+    pub fn sync(
+        self: &Arc<Self>,
+        container: &str,
+        container_name: &str,
+        outcome: &Outcome,
+    ) -> BTreeMap<String, Verdict> {
+        let now = Instant::now();
+        let mut spawn = Vec::new();
+        let mut verdicts = BTreeMap::new();
+        let mut inner = self.lock();
+        for id in inner.ids_of(container) {
+            if !outcome.probes.contains_key(&id) {
+                inner.remove(&id);
+            }
+        }
+        let heal_note = inner.heal_notes.get(container).cloned();
+        for (id, probes) in &outcome.probes {
+            // Same container, same checks: keep the tasks and their results. Anything else
+            // (new checks, a new container IP, an id taken over by a recreated container)
+            // starts afresh.
+            let keep = inner
+                .instances
+                .get(id)
+                .is_some_and(|t| t.container == container && t.probes == *probes);
+            if !keep {
+                inner.remove(id);
+                inner.next_generation += 1;
+                let generation = inner.next_generation;
+                let cancel = self.cancel.child_token();
+                let mut checks = BTreeMap::new();
+                for spec in &probes.checks {
+                    spawn.push((id.clone(), generation, spec.clone(), cancel.clone()));
+                    checks.insert(
+                        spec.name.clone(),
+                        Check {
+                            spec: spec.clone(),
+                            thresholds: Thresholds::new(spec.rise, spec.fall),
+                        },
+                    );
+                }
+                let t = Tracked {
+                    container: container.to_owned(),
+                    container_name: container_name.to_owned(),
+                    probes: probes.clone(),
+                    autoheal: outcome.autoheal,
+                    generation,
+                    cancel,
+                    checks,
+                    critical_since: None,
+                    reported: Verdict {
+                        health: Health::critical(""),
+                        withdrawn: false,
+                    },
+                };
+                inner.insert(id, t);
+            }
+            if let Some(t) = inner.instances.get_mut(id) {
+                t.autoheal = outcome.autoheal;
+                t.container_name = container_name.to_owned();
+                t.reported = t.verdict(now, heal_note.as_deref());
+                verdicts.insert(id.clone(), t.reported.clone());
+            }
+        }
+        drop(inner);
+        for (id, generation, spec, cancel) in spawn {
+            tokio::spawn(run_check(self.clone(), id, generation, spec, cancel));
+        }
+        verdicts
+    }
+
+    /// Takes one probe result of check `check` of instance `id` (from the task of
+    /// `generation`). Returns the container to reconcile when the verdict changed, and a
+    /// self-healing request when the check has failed often enough.
+    fn report(
+        &self,
+        id: &str,
+        generation: u64,
+        check: &str,
+        result: Health,
+    ) -> (Option<String>, Option<heal::Request>) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Inner {
+            instances,
+            heal_notes,
+            ..
+        } = &mut *inner;
+        let Some(t) = instances.get_mut(id).filter(|t| t.generation == generation) else {
+            return (None, None);
+        };
+        let before = t.signature(now);
+        let Some(c) = t.checks.get_mut(check) else {
+            return (None, None);
+        };
+        c.thresholds.record(result);
+        let failures = c.thresholds.failures();
+        let heal =
+            (t.autoheal && failures >= self.options.autoheal_failures).then(|| heal::Request {
+                container: t.container.clone(),
+                name: t.container_name.clone(),
+                reason: format!(
+                    "check {} failed {failures} times in a row: {}",
+                    c.spec.name,
+                    c.output()
+                ),
+            });
+        let critical = t.checks.values().any(|c| c.status() == Status::Critical);
+        t.critical_since = match (critical, t.critical_since) {
+            (true, since) => since.or(Some(now)),
+            (false, _) => None,
+        };
+        let changed = before != t.signature(now) || t.reported.withdrawn != t.withdrawn(now);
+        if !changed {
+            return (None, heal);
+        }
+        t.reported = t.verdict(now, heal_notes.get(&t.container).map(String::as_str));
+        debug!(service.id = %id, status = %t.reported.health.status, withdrawn = t.reported.withdrawn, "probe verdict changed");
+        (Some(t.container.clone()), heal)
+    }
+
+    /// Stops every check of a container that no longer exists and forgets its restarts.
+    pub fn forget(&self, container: &str) {
+        let mut inner = self.lock();
+        for id in inner.ids_of(container) {
+            inner.remove(&id);
+        }
+        inner.heal_notes.remove(container);
+    }
+
+    /// Records a self-healing restart so the container's instances show it (from their next
+    /// reconcile, which the restart itself causes).
+    pub fn restarted(&self, container: &str, note: String) {
+        self.lock().heal_notes.insert(container.to_owned(), note);
+    }
+
+    /// Sends a trigger for `container`; the reconciler reads the new verdict through `sync`.
+    async fn trigger(&self, container: String) {
+        // A closed channel means the agent is shutting down.
+        let _ = self.triggers.send(Trigger::Container(container)).await;
+    }
+
+    /// Checks being run, for tests and the status output.
+    pub fn check_count(&self) -> usize {
+        self.lock().instances.values().map(|t| t.checks.len()).sum()
+    }
+}
+
+/// Sends a self-healing request for `view`'s container when Docker calls it unhealthy.
+pub fn request_heal(
+    heal: &mpsc::Sender<heal::Request>,
+    container: &str,
+    name: &str,
+    reason: String,
+) {
+    // A full queue drops the request: the next probe or health event asks again.
+    let _ = heal.try_send(heal::Request {
+        container: container.to_owned(),
+        name: name.to_owned(),
+        reason,
+    });
+}
+
+/// One check's loop: random first offset, then probe → report → jittered sleep.
+async fn run_check<P: Probe>(
+    prober: Arc<Prober<P>>,
+    id: String,
+    generation: u64,
+    spec: CheckSpec,
+    cancel: CancellationToken,
+) {
+    let mut delay = first_delay(spec.interval, &mut rand::rng());
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = probe_once(&prober, &spec) => r,
+        };
+        let (trigger, heal) = prober.report(&id, generation, &spec.name, result);
+        if let Some(req) = heal {
+            request_heal(&prober.heal, &req.container, &req.name, req.reason);
+        }
+        if let Some(container) = trigger {
+            prober.trigger(container).await;
+        }
+        delay = next_delay(spec.interval, &mut rand::rng());
+    }
+}
+
+/// One probe, waiting for a permit first; the timeout covers the probe, not the wait.
+async fn probe_once<P: Probe>(prober: &Prober<P>, spec: &CheckSpec) -> Health {
+    let Ok(_permit) = prober.permits.acquire().await else {
+        return Health::critical(format!("{}: prober closed", describe(&spec.kind)));
+    };
+    match tokio::time::timeout(spec.timeout, prober.probe.probe(spec)).await {
+        Ok(h) => h,
+        Err(_) => Health::critical(format!(
+            "{}: timed out after {}",
+            describe(&spec.kind),
+            humantime::format_duration(spec.timeout)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;
