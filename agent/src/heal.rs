@@ -150,15 +150,19 @@ pub async fn run<P: crate::probe::exec::Probe>(
                     req.reason
                 );
                 let note = format!(
-                    "autoheal: restarted {n} time(s) within {}; last because {}",
+                    "autoheal: restarted by berth (restart {n} of at most {} per {}) because {}",
+                    options.max_restarts,
                     humantime::format_duration(options.window),
                     req.reason.lines().next().unwrap_or_default()
                 );
-                prober.restarted(&req.container, note);
                 let docker = docker.clone();
+                let prober = prober.clone();
                 restarts.spawn(async move {
                     match docker.restart(&req.container).await {
-                        Ok(()) => Some(req.container),
+                        Ok(()) => {
+                            prober.restarted(&req.container, note);
+                            Some(req.container)
+                        }
                         Err(e) => {
                             warn!(
                                 "autoheal: restarting container {} failed: {}",

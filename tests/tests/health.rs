@@ -631,6 +631,7 @@ fn autoheal_lines(log: &str) -> String {
 /// restarted after `--autoheal-failures` failed probes, at most `--autoheal-max-restarts`
 /// times in the window; then berth logs `autoheal: restart limit reached` once and restarts
 /// it no more. A container without the label, failing the same way, is never restarted.
+/// The restarts show on the instance's health output.
 fn autoheal_restarts_up_to_the_limit(kind: Kind) {
     let _engine = exclusive();
     let mut env = Env::new("autoheal", kind);
@@ -746,6 +747,20 @@ fn autoheal_restarts_up_to_the_limit(kind: Kind) {
             autoheal_lines(&log)
         ));
     }
+    // The restarts are shown on the instance's health output, next to the failing probe.
+    let want = env.published(&healed_name, &healed, 80);
+    env.wait("the restarts shown in the health output", PROBE, |b| {
+        health_is(
+            b,
+            &want,
+            "critical",
+            &[
+                "HTTP GET",
+                "404",
+                "autoheal: restarted by berth (restart 2 of at most 2",
+            ],
+        )
+    });
 }
 
 /// A Docker HEALTHCHECK reporting `unhealthy` also gets a labelled container restarted; the

@@ -118,7 +118,7 @@ const REGISTRATOR_FIELDS: [(&str, &str); 10] = [
 /// Check kinds, in the order registrator gives them precedence.
 const KINDS: [&str; 4] = ["http", "https", "tcp", "grpc"];
 
-/// Fields a check may set besides its kind.
+/// Fields a check may set besides its kind and `deregister_after`.
 const SETTINGS: [&str; 9] = [
     "path",
     "port",
@@ -131,7 +131,45 @@ const SETTINGS: [&str; 9] = [
     "tls_skip_verify",
 ];
 
+/// Settings a named check takes over from the default check (not its target: `path` and
+/// `port` belong to the check that names them).
+const INHERITED: [&str; 7] = [
+    "method",
+    "interval",
+    "timeout",
+    "rise",
+    "fall",
+    "initial_status",
+    "tls_skip_verify",
+];
+
 type Fields = BTreeMap<String, Raw>;
+
+/// The check a key sets the kind of: `Some("")` for the default check (`check_http`,
+/// `check.tcp`), `Some(name)` for `check.<name>.<kind>`, `None` for any other key.
+fn kind_of(key: &str) -> Option<&str> {
+    if let Some(kind) = key.strip_prefix("check_") {
+        return KINDS.contains(&kind).then_some("");
+    }
+    let rest = key.strip_prefix("check.")?;
+    match rest.split_once('.') {
+        None => KINDS.contains(&rest).then_some(""),
+        Some((name, kind)) => KINDS.contains(&kind).then_some(name),
+    }
+}
+
+/// `over` on top of `base`: a check whose kind `over` sets loses the kind `base` gave it
+/// (a per-port `SERVICE_80_CHECK_TCP` replaces a container-wide `SERVICE_CHECK_HTTP`, a
+/// `berth.service.<svc>.check.tcp` replaces `berth.check.http`), then `over`'s keys win.
+pub(super) fn overlay(base: &mut BTreeMap<String, Raw>, over: &BTreeMap<String, Raw>) {
+    let replaced: Vec<String> = over
+        .keys()
+        .filter_map(|k| kind_of(k))
+        .map(str::to_owned)
+        .collect();
+    base.retain(|k, _| kind_of(k).is_none_or(|check| !replaced.iter().any(|r| r == check)));
+    base.extend(over.iter().map(|(k, v)| (k.clone(), v.clone())));
+}
 
 /// The address and port probes of one instance dial by default.
 #[derive(Clone, Debug)]
@@ -209,7 +247,7 @@ pub(super) fn parse(keys: &BTreeMap<String, Raw>, dial: &Dial, notes: &mut Notes
     for (name, fields) in &named {
         let mut merged: Fields = default
             .iter()
-            .filter(|(k, _)| SETTINGS.contains(&k.as_str()))
+            .filter(|(k, _)| INHERITED.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         merged.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -218,12 +256,18 @@ pub(super) fn parse(keys: &BTreeMap<String, Raw>, dial: &Dial, notes: &mut Notes
         {
             deregister_after.push(d);
         }
+        if probes.checks.iter().any(|c| c.name == *name) {
+            notes.warn(format!(
+                "check {name}: the name is taken by the default check; use another name; \
+                 ignored"
+            ));
+            continue;
+        }
         if let Some(spec) = build(Some(name), &merged, dial, notes) {
             probes.checks.push(spec);
         }
     }
     probes.checks.sort_by(|a, b| a.name.cmp(&b.name));
-    probes.checks.dedup_by(|a, b| a.name == b.name);
     if !probes.checks.is_empty() {
         probes.deregister_after = deregister_after.into_iter().min();
     }
@@ -329,9 +373,9 @@ fn build(name: Option<&str>, f: &Fields, dial: &Dial, notes: &mut Notes) -> Opti
     let kind = match kind {
         "http" | "https" => {
             let path = match (raw.value.trim(), f.get("path")) {
-                (_, Some(p)) => p.value.trim().to_owned(),
+                ("" | "true", Some(p)) => p.value.trim().to_owned(),
                 ("" | "true", None) => "/".to_owned(),
-                (v, None) => v.to_owned(),
+                (v, _) => v.to_owned(),
             };
             if path.eq_ignore_ascii_case("false") {
                 notes.info(format!("{raw}: check disabled"));
@@ -395,10 +439,17 @@ fn build(name: Option<&str>, f: &Fields, dial: &Dial, notes: &mut Notes) -> Opti
         }
         interval = MIN_INTERVAL;
     }
-    let mut timeout = f
-        .get("timeout")
-        .and_then(|r| duration(r, notes))
-        .unwrap_or(DEFAULT_TIMEOUT);
+    let mut timeout = match f.get("timeout") {
+        None => DEFAULT_TIMEOUT,
+        Some(r) => match duration(r, notes) {
+            Some(d) if d.is_zero() => {
+                notes.warn(format!("{r}: a timeout must be positive; using 5s"));
+                DEFAULT_TIMEOUT
+            }
+            Some(d) => d,
+            None => DEFAULT_TIMEOUT,
+        },
+    };
     if timeout > interval {
         if let Some(r) = f.get("timeout") {
             notes.info(format!("{r}: longer than the interval; capped at it"));

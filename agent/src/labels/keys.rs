@@ -300,9 +300,16 @@ impl<'a> Layers<'a> {
         self.merged(|f| &f.meta)
     }
 
-    /// Check keys of all scopes, the more specific overriding.
+    /// Check keys of all scopes, the more specific overriding (a kind replaces the kind of
+    /// a less specific scope).
     pub fn checks(self) -> BTreeMap<String, Raw> {
-        self.merged(|f| &f.checks)
+        let mut out = BTreeMap::new();
+        for (_, fields) in self.each().into_iter().rev() {
+            if let Some(f) = fields {
+                super::checks::overlay(&mut out, &f.checks);
+            }
+        }
+        out
     }
 
     fn merged(self, map: impl Fn(&Fields) -> &BTreeMap<String, Raw>) -> BTreeMap<String, Raw> {

@@ -1555,8 +1555,8 @@ fn native_checks_override_add_and_inherit() {
     assert_eq!(
         lines,
         [
-            "node1:lbl-web:80 page GET https://172.17.0.2:9/ready insecure every 1s timeout 1s rise 2 fall 3 initial critical",
-            "node1:lbl-web:80 rpc grpc 172.17.0.2:9 \"my.Service\" every 20s timeout 5s rise 1 fall 3 initial critical",
+            "node1:lbl-web:80 page GET https://172.17.0.2:80/ready insecure every 1s timeout 1s rise 2 fall 3 initial critical",
+            "node1:lbl-web:80 rpc grpc 172.17.0.2:80 \"my.Service\" every 20s timeout 5s rise 1 fall 3 initial critical",
             "node1:lbl-web:80 tcp tcp 172.17.0.2:9 every 1s timeout 1s rise 1 fall 3 initial critical",
         ]
     );
@@ -1615,4 +1615,57 @@ fn service_scoped_checks_host_network_and_the_short_autoheal_label() {
             .iter()
             .any(|n| n.message.contains("not a boolean"))
     );
+}
+
+#[test]
+fn more_specific_scopes_replace_the_check_kind() {
+    // A per-port registrator kind replaces the container-wide one for that port only.
+    let (_, lines) = probes_of(
+        "multi",
+        &[
+            ("SERVICE_CHECK_HTTP", "/health"),
+            ("SERVICE_443_CHECK_TCP", "true"),
+        ],
+        &[],
+    );
+    assert_eq!(
+        lines,
+        [
+            "node1:lbl-multi:443 tcp tcp 172.17.0.3:443 every 10s timeout 5s rise 1 fall 1 initial critical",
+            "node1:lbl-multi:80 http GET http://172.17.0.3:80/health every 10s timeout 5s rise 1 fall 1 initial critical",
+        ]
+    );
+    // A service's kind replaces the container's; an explicit path beats an inherited one;
+    // named checks do not inherit the default check's path or port.
+    let (out, lines) = probes_of(
+        "web",
+        &[
+            ("berth.check.http", "true"),
+            ("berth.check.path", "/health"),
+            ("berth.check.port", "8081"),
+            ("berth.check.ready.http", "/ready"),
+            ("berth.service.app.port", "80"),
+            ("berth.service.app.check.tcp", "true"),
+            ("berth.service.app.check.tcp.tcp", "true"),
+            ("berth.check.timeout", "0s"),
+        ],
+        &[],
+    );
+    assert_eq!(
+        lines,
+        [
+            "node1:lbl-web:80 ready GET http://172.17.0.2:80/ready every 10s timeout 5s rise 1 fall 1 initial critical",
+            "node1:lbl-web:80 tcp tcp 172.17.0.2:8081 every 10s timeout 5s rise 1 fall 1 initial critical",
+        ]
+    );
+    let notes: Vec<String> = out.notes.iter().map(render_note).collect();
+    for want in [
+        "W label berth.check.timeout=\"0s\": a timeout must be positive; using 5s",
+        "W check tcp: the name is taken by the default check; use another name; ignored",
+    ] {
+        assert!(
+            notes.contains(&want.to_owned()),
+            "missing {want:?} in {notes:?}"
+        );
+    }
 }

@@ -52,6 +52,8 @@ impl Executor {
                 // to other hosts.
                 .pool_max_idle_per_host(0)
                 .redirect(reqwest::redirect::Policy::none())
+                // Container IPs are local: never through HTTP(S)_PROXY.
+                .no_proxy()
                 .user_agent(concat!(
                     "berth/",
                     env!("CARGO_PKG_VERSION"),

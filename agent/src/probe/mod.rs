@@ -160,8 +160,12 @@ struct Tracked {
     cancel: CancellationToken,
     checks: BTreeMap<String, Check>,
     critical_since: Option<Instant>,
-    /// The verdict last handed to the reconciler (or announced by a trigger).
+    /// The verdict handed to the reconciler: rebuilt only when it changes (see
+    /// [`Tracked::signature`]) or the self-healing note does, so later probe outputs (their
+    /// timings) never cause a write on their own.
     reported: Verdict,
+    /// The self-healing note `reported` was built with.
+    reported_note: Option<String>,
 }
 
 impl Tracked {
@@ -348,13 +352,17 @@ impl<P: Probe> Prober<P> {
                         health: Health::critical(""),
                         withdrawn: false,
                     },
+                    reported_note: None,
                 };
                 inner.insert(id, t);
             }
             if let Some(t) = inner.instances.get_mut(id) {
                 t.autoheal = outcome.autoheal;
                 t.container_name = container_name.to_owned();
-                t.reported = t.verdict(now, heal_note.as_deref());
+                if !keep || t.reported_note != heal_note {
+                    t.reported = t.verdict(now, heal_note.as_deref());
+                    t.reported_note = heal_note.clone();
+                }
                 verdicts.insert(id.clone(), t.reported.clone());
             }
         }
@@ -410,7 +418,8 @@ impl<P: Probe> Prober<P> {
         if !changed {
             return (None, heal);
         }
-        t.reported = t.verdict(now, heal_notes.get(&t.container).map(String::as_str));
+        t.reported_note = heal_notes.get(&t.container).cloned();
+        t.reported = t.verdict(now, t.reported_note.as_deref());
         debug!(service.id = %id, status = %t.reported.health.status, withdrawn = t.reported.withdrawn, "probe verdict changed");
         (Some(t.container.clone()), heal)
     }
@@ -424,16 +433,36 @@ impl<P: Probe> Prober<P> {
         inner.heal_notes.remove(container);
     }
 
-    /// Records a self-healing restart so the container's instances show it (from their next
-    /// reconcile, which the restart itself causes).
+    /// Records a self-healing restart: the container's checks start afresh (a restarted
+    /// container must fail `--autoheal-failures` times again), and its instances show `note`
+    /// from their next reconcile, which the restart itself causes.
     pub fn restarted(&self, container: &str, note: String) {
-        self.lock().heal_notes.insert(container.to_owned(), note);
+        let mut inner = self.lock();
+        for id in inner.ids_of(container) {
+            inner.remove(&id);
+        }
+        inner.heal_notes.insert(container.to_owned(), note);
+        drop(inner);
+        // The restart's own events usually trigger this already; a full queue is caught by
+        // the next resync.
+        let _ = self
+            .triggers
+            .try_send(Trigger::Container(container.to_owned()));
+    }
+
+    /// The self-healing note of `container`, for instances without checks (Docker health).
+    pub fn heal_note(&self, container: &str) -> Option<String> {
+        self.lock().heal_notes.get(container).cloned()
     }
 
     /// Sends a trigger for `container`; the reconciler reads the new verdict through `sync`.
-    async fn trigger(&self, container: String) {
-        // A closed channel means the agent is shutting down.
-        let _ = self.triggers.send(Trigger::Container(container)).await;
+    async fn trigger(&self, container: String, cancel: &CancellationToken) {
+        // A closed channel means the agent is shutting down; so does `cancel`, which also
+        // ends a wait on a full channel.
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = self.triggers.send(Trigger::Container(container)) => {}
+        }
     }
 
     /// Checks being run, for tests and the status output.
@@ -480,7 +509,7 @@ async fn run_check<P: Probe>(
             request_heal(&prober.heal, &req.container, &req.name, req.reason);
         }
         if let Some(container) = trigger {
-            prober.trigger(container).await;
+            prober.trigger(container, &cancel).await;
         }
         delay = next_delay(spec.interval, &mut rand::rng());
     }

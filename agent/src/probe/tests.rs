@@ -68,9 +68,11 @@ impl Probe for Scripted {
             Some(d) => tokio::time::sleep(d).await,
             None => std::future::pending::<()>().await,
         }
+        // Every answer differs (as real timings do): only status changes may matter.
+        let n = self.0.starts.lock().unwrap().len();
         Health {
             status,
-            output: format!("port {port}: {status}"),
+            output: format!("port {port}: {status} (probe {n})"),
         }
     }
 }
@@ -107,7 +109,7 @@ struct Harness {
     prober: Arc<Prober<Scripted>>,
     script: Scripted,
     triggers: mpsc::Receiver<Trigger>,
-    _heal: mpsc::Receiver<heal::Request>,
+    heal: mpsc::Receiver<heal::Request>,
     cancel: CancellationToken,
 }
 
@@ -130,7 +132,7 @@ fn harness(concurrency: usize) -> Harness {
         prober,
         script,
         triggers,
-        _heal: heal,
+        heal,
         cancel,
     }
 }
@@ -305,8 +307,11 @@ async fn a_hung_target_cannot_stall_other_probes() {
         .sync("c2", "fine", &outcome("fine", vec![spec(2, 2, 1, 1)]));
     tokio::time::sleep(Duration::from_secs(20)).await;
 
+    // Worst case for the healthy check: first probe by 2 s, then every 2.2 s (interval +
+    // 10 %) plus up to 1 s waiting for the permit the hung probe holds until its timeout:
+    // at least 6 probes. A hung probe that kept its permit would allow at most one.
     let fine = h.script.starts(2).len();
-    assert!(fine >= 8, "the healthy check probed {fine} times in 20 s");
+    assert!(fine >= 6, "the healthy check probed {fine} times in 20 s");
     let v = h
         .prober
         .sync("c1", "hung", &outcome("hung", vec![spec(1, 2, 1, 1)]));
@@ -335,10 +340,18 @@ async fn thresholds_decide_when_the_verdict_changes() {
         Status::Passing
     );
 
+    // Later passing results, each with another output, leave the verdict as it was: a
+    // reconcile finds nothing to write.
+    let first = h.prober.sync("c", "web", &o)["web"].clone();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(h.prober.sync("c", "web", &o)["web"], first);
+    assert!(drain(&mut h.triggers).is_empty());
+
     h.script
         .answer(80, Status::Critical, Some(Duration::from_millis(10)));
-    // Two failures (about 2 s) are below fall=3: still passing, nothing sent.
-    tokio::time::sleep(Duration::from_millis(1900)).await;
+    // Three probes take at least 1.8 s (interval - 10 %, twice): within 1.7 s at most two
+    // failures, below fall=3: still passing, nothing sent.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
     assert!(drain(&mut h.triggers).is_empty());
     assert_eq!(
         h.prober.sync("c", "web", &o)["web"].health.status,
@@ -423,5 +436,66 @@ async fn an_instance_id_taken_over_by_a_new_container_starts_afresh() {
         h.prober.sync("new", "web", &o)["web"].health.status,
         Status::Passing
     );
+    h.cancel.cancel();
+}
+
+/// Waits (on paused time) for the next self-healing request; returns it and how many probes
+/// had started by then.
+async fn next_heal(h: &mut Harness) -> (heal::Request, usize) {
+    for _ in 0..200 {
+        if let Ok(req) = h.heal.try_recv() {
+            return (req, h.script.starts(80).len());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no self-healing request within 10 s");
+}
+
+/// An autoheal container is handed to self-healing after `autoheal_failures` (3) failed
+/// probes in a row; a restart starts the count again and shows on the verdict.
+#[tokio::test(start_paused = true)]
+async fn autoheal_asks_after_n_failures_and_a_restart_starts_the_count_again() {
+    let mut h = harness(4);
+    h.script
+        .answer(80, Status::Critical, Some(Duration::from_millis(10)));
+    let mut o = outcome("web", vec![spec(80, 1, 1, 1)]);
+    o.autoheal = true;
+    h.prober.sync("c", "ctr", &o);
+    let (req, probes) = next_heal(&mut h).await;
+    assert_eq!(probes, 3);
+    assert_eq!((req.container.as_str(), req.name.as_str()), ("c", "ctr"));
+    assert!(
+        req.reason
+            .starts_with("check tcp failed 3 times in a row: port 80: critical"),
+        "{}",
+        req.reason
+    );
+
+    h.prober
+        .restarted("c", "autoheal: restarted by berth".into());
+    assert_eq!(
+        h.prober.check_count(),
+        0,
+        "the restart stops the old checks"
+    );
+    while h.heal.try_recv().is_ok() {}
+    let v = h.prober.sync("c", "ctr", &o);
+    assert!(
+        v["web"]
+            .health
+            .output
+            .ends_with("\nautoheal: restarted by berth"),
+        "{}",
+        v["web"].health.output
+    );
+    let (_, probes) = next_heal(&mut h).await;
+    assert_eq!(probes, 6, "three fresh failures after the restart");
+
+    // Without the label nothing is asked.
+    o.autoheal = false;
+    h.prober.sync("c", "ctr", &o);
+    while h.heal.try_recv().is_ok() {}
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(h.heal.try_recv().is_err());
     h.cancel.cancel();
 }

@@ -332,6 +332,9 @@ async fn reconcile_one(ctx: &Context, id: &str) -> bool {
 /// Puts each probed instance's verdict on it, and leaves out the withdrawn ones.
 fn apply_verdicts(ctx: &Context, id: &str, name: &str, outcome: &mut labels::Outcome) {
     let verdicts = ctx.prober.sync(id, name, outcome);
+    // Instances without checks (Docker's health) show a self-healing restart too; probed
+    // ones carry it in their verdict.
+    let heal_note = ctx.prober.heal_note(id);
     let mut withdrawn = Vec::new();
     outcome.instances.retain_mut(|i| match verdicts.get(&i.id) {
         Some(v) if v.withdrawn => {
@@ -342,7 +345,13 @@ fn apply_verdicts(ctx: &Context, id: &str, name: &str, outcome: &mut labels::Out
             i.health = v.health.clone();
             true
         }
-        None => true,
+        None => {
+            if let Some(note) = &heal_note {
+                let output = format!("{}\n{note}", i.health.output);
+                i.health.output = labels::truncate_output(&output).to_owned();
+            }
+            true
+        }
     });
     for w in withdrawn {
         outcome.notes.push(Note {
