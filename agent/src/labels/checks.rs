@@ -118,21 +118,9 @@ const REGISTRATOR_FIELDS: [(&str, &str); 10] = [
 /// Check kinds, in the order registrator gives them precedence.
 const KINDS: [&str; 4] = ["http", "https", "tcp", "grpc"];
 
-/// Fields a check may set besides its kind and `deregister_after`.
-const SETTINGS: [&str; 9] = [
-    "path",
-    "port",
-    "method",
-    "interval",
-    "timeout",
-    "rise",
-    "fall",
-    "initial_status",
-    "tls_skip_verify",
-];
-
-/// Settings a named check takes over from the default check (not its target: `path` and
-/// `port` belong to the check that names them).
+/// Settings a named check takes over from the default check. Besides these and its kind, a
+/// check has a target (`path`, `port`), which belongs to the check that names it, and
+/// `deregister_after`, which applies to the whole instance.
 const INHERITED: [&str; 7] = [
     "method",
     "interval",
@@ -329,7 +317,9 @@ fn group(keys: &BTreeMap<String, Raw>, notes: &mut Notes) -> (Fields, BTreeMap<S
 }
 
 fn known_field(field: &str) -> bool {
-    KINDS.contains(&field) || SETTINGS.contains(&field) || field == "deregister_after"
+    KINDS.contains(&field)
+        || INHERITED.contains(&field)
+        || matches!(field, "path" | "port" | "deregister_after")
 }
 
 fn valid_name(name: &str) -> bool {
