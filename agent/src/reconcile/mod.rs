@@ -280,7 +280,9 @@ async fn reconcile_one(ctx: &Context, id: &str) -> bool {
                 let reason = if out.is_empty() {
                     "Docker HEALTHCHECK reports unhealthy".to_owned()
                 } else {
-                    format!("Docker HEALTHCHECK reports unhealthy: {out}")
+                    // One line: it ends up in a log record and a health output.
+                    let first = out.lines().next().unwrap_or_default();
+                    format!("Docker HEALTHCHECK reports unhealthy: {first}")
                 };
                 probe::request_heal(&ctx.heal, id, &view.name, reason);
             }
@@ -386,7 +388,9 @@ async fn apply(ctx: &Context, op: &Op) -> Result<(), RegistryError> {
                 }
                 Err(e) => return Err(e),
             }
-            info!(service.id = %id, status = %health.status, output = %health.output, "health changed");
+            // Debug-formatted: a multi-check or self-healing output has several lines, and a
+            // log record stays on one.
+            info!(service.id = %id, status = %health.status, output = ?health.output, "health changed");
             ctx.store.health_reported(id, health.clone());
         }
     }
