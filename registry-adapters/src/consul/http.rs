@@ -35,6 +35,14 @@ pub(super) enum ApiError {
         #[source]
         source: reqwest::Error,
     },
+    /// An https connection closed before the request could be sent. With TLS 1.3 a server
+    /// that refuses the client certificate does so after the client finished its handshake,
+    /// and the refusal may then surface like this instead of as a TLS alert.
+    #[error(
+        "TLS with consul failed: consul closed the connection before answering (does it \
+         require a client certificate, --consul-client-cert/--consul-client-key?)"
+    )]
+    TlsClosed(#[source] reqwest::Error),
     #[error("request to consul failed")]
     Transport(#[source] reqwest::Error),
     #[error("consul answered {status}: {body}")]
@@ -50,6 +58,8 @@ impl ApiError {
                 detail: tls.to_string(),
                 source: e,
             }
+        } else if is_canceled(&e) && e.url().is_some_and(|u| u.scheme() == "https") {
+            ApiError::TlsClosed(e)
         } else if e.is_timeout() {
             ApiError::Timeout(e)
         } else if e.is_connect() {
@@ -101,6 +111,7 @@ impl ApiError {
             },
             ApiError::Connect(e)
             | ApiError::Timeout(e)
+            | ApiError::TlsClosed(e)
             | ApiError::Transport(e)
             | ApiError::Tls { source: e, .. } => RegistryError::Unavailable {
                 message,
@@ -112,6 +123,22 @@ impl ApiError {
             },
         }
     }
+}
+
+/// True when hyper gave up on the request because its connection closed before it was
+/// ready ("connection was not ready").
+fn is_canceled(e: &reqwest::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// The rustls error behind a failed request, if any. tokio-rustls and hyper wrap it in
