@@ -32,6 +32,12 @@ pub struct Request {
     pub reason: String,
 }
 
+/// Hands `req` to the self-healing task. A full queue drops it: the next failed probe, health
+/// event or resync asks again.
+pub fn request(tx: &mpsc::Sender<Request>, req: Request) {
+    let _ = tx.try_send(req);
+}
+
 /// The limits.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
@@ -125,7 +131,7 @@ pub async fn run<P: crate::probe::exec::Probe>(
         };
         let now = Instant::now();
         limits.prune(&options, now);
-        let short = short(&req.container);
+        let short = crate::docker::short_id(&req.container);
         match limits.decide(&options, &req.container, now) {
             Decision::Cooldown => {
                 debug!(container = %req.name, "autoheal: in cooldown; not restarting yet");
@@ -177,10 +183,6 @@ pub async fn run<P: crate::probe::exec::Probe>(
         }
     }
     restarts.abort_all();
-}
-
-fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 #[cfg(test)]

@@ -202,6 +202,11 @@ impl DockerClient {
     }
 }
 
+/// The 12-character short form of a container id, as `docker ps` shows it.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 /// The container an event is about, if the event can change a registration.
 pub fn event_container(ev: &EventMessage) -> Option<String> {
     let action = ev.action.as_deref()?;

@@ -89,6 +89,13 @@ pub struct Attachment {
     pub ipv6: Option<Ipv6Addr>,
 }
 
+impl Attachment {
+    /// The container's address on this network: IPv4 when it has one, else IPv6.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.ipv4.map(IpAddr::V4).or(self.ipv6.map(IpAddr::V6))
+    }
+}
+
 /// Docker's own HEALTHCHECK state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DockerHealth {

@@ -196,18 +196,16 @@ pub(super) fn container_ip(
     if view.host_network() {
         return None;
     }
-    let ip_of =
-        |a: &crate::docker::view::Attachment| a.ipv4.map(IpAddr::V4).or(a.ipv6.map(IpAddr::V6));
     let named = network
         .map(|raw| raw.value.trim())
         .or(settings.network.as_deref());
     if let Some(ip) = named
         .and_then(|n| view.networks.iter().find(|a| a.name == n))
-        .and_then(ip_of)
+        .and_then(|a| a.ip())
     {
         return Some(ip);
     }
-    view.networks.iter().find_map(ip_of)
+    view.networks.iter().find_map(|a| a.ip())
 }
 
 /// Turns the merged check keys of one instance into its probes. Every key that cannot be
@@ -277,13 +275,13 @@ fn group(keys: &BTreeMap<String, Raw>, notes: &mut Notes) -> (Fields, BTreeMap<S
                     "{raw}: unknown check field {}; ignored",
                     quote(rest)
                 )),
-                Some((name, field)) if valid_name(name) && known_field(field) => {
+                Some((name, field)) if sanitize::key_name(name) && known_field(field) => {
                     named
                         .entry(name.to_owned())
                         .or_default()
                         .insert(field.to_owned(), raw.clone());
                 }
-                Some((name, _)) if !valid_name(name) => notes.warn(format!(
+                Some((name, _)) if !sanitize::key_name(name) => notes.warn(format!(
                     "{raw}: check name {} must be letters, digits, - or _; ignored",
                     quote(name)
                 )),
@@ -320,13 +318,6 @@ fn known_field(field: &str) -> bool {
     KINDS.contains(&field)
         || INHERITED.contains(&field)
         || matches!(field, "path" | "port" | "deregister_after")
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// One check from its fields; `None` (with a note) when it cannot run.

@@ -297,26 +297,31 @@ impl<'a> Layers<'a> {
 
     /// Meta of all scopes, the more specific overriding.
     pub fn meta(self) -> BTreeMap<String, Raw> {
-        self.merged(|f| &f.meta)
+        self.merged(
+            |f| &f.meta,
+            |out, m| {
+                out.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+            },
+        )
     }
 
     /// Check keys of all scopes, the more specific overriding (a kind replaces the kind of
     /// a less specific scope).
     pub fn checks(self) -> BTreeMap<String, Raw> {
-        let mut out = BTreeMap::new();
-        for (_, fields) in self.each().into_iter().rev() {
-            if let Some(f) = fields {
-                super::checks::overlay(&mut out, &f.checks);
-            }
-        }
-        out
+        self.merged(|f| &f.checks, super::checks::overlay)
     }
 
-    fn merged(self, map: impl Fn(&Fields) -> &BTreeMap<String, Raw>) -> BTreeMap<String, Raw> {
+    /// `map` of every scope, least specific first, each put on top of the previous ones with
+    /// `combine`.
+    fn merged(
+        self,
+        map: impl Fn(&Fields) -> &BTreeMap<String, Raw>,
+        combine: impl Fn(&mut BTreeMap<String, Raw>, &BTreeMap<String, Raw>),
+    ) -> BTreeMap<String, Raw> {
         let mut out = BTreeMap::new();
         for (_, fields) in self.each().into_iter().rev() {
             if let Some(f) = fields {
-                out.extend(map(f).iter().map(|(k, v)| (k.clone(), v.clone())));
+                combine(&mut out, map(f));
             }
         }
         out
@@ -401,11 +406,7 @@ impl Native {
             unknown(&raw, notes);
             return;
         };
-        let valid = !svc.is_empty()
-            && svc
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !valid {
+        if !sanitize::key_name(svc) {
             notes.warn(format!(
                 "{raw}: service key {} must be letters, digits, - or _; ignored",
                 quote(svc)

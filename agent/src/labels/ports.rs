@@ -143,8 +143,6 @@ fn choose_network(
     label: Option<&Raw>,
     notes: &mut Notes,
 ) -> Option<IpAddr> {
-    let ip_of =
-        |a: &crate::docker::view::Attachment| a.ipv4.map(IpAddr::V4).or(a.ipv6.map(IpAddr::V6));
     let named = match (label, &settings.network) {
         (Some(raw), _) => Some((raw.value.trim(), format!("{raw}"))),
         (None, Some(name)) => Some((name.as_str(), format!("--network {name}"))),
@@ -158,7 +156,7 @@ fn choose_network(
             ));
             return None;
         };
-        let Some(ip) = ip_of(attachment) else {
+        let Some(ip) = attachment.ip() else {
             notes.info(format!(
                 "internal mode: network {name} ({from}) gives the container no IP address; \
                  nothing registers"
@@ -173,7 +171,7 @@ fn choose_network(
     let usable: Vec<(&str, IpAddr)> = view
         .networks
         .iter()
-        .filter_map(|a| ip_of(a).map(|ip| (a.name.as_str(), ip)))
+        .filter_map(|a| a.ip().map(|ip| (a.name.as_str(), ip)))
         .collect();
     match usable.as_slice() {
         [] => {

@@ -29,6 +29,14 @@ pub(super) fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// A name used inside a label key (`berth.service.<svc>`, `berth.check.<name>`): letters,
+/// digits, `-` and `_`, not empty.
+pub(super) fn key_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// The image's base name: no registry, path, tag or digest.
 ///
 /// `registry:5000/org/nginx:1.2@sha256:abc` → `nginx`, `redis` → `redis`.

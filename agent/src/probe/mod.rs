@@ -465,25 +465,11 @@ impl<P: Probe> Prober<P> {
         }
     }
 
-    /// Checks being run, for tests and the status output.
-    pub fn check_count(&self) -> usize {
+    /// Checks being run.
+    #[cfg(test)]
+    fn check_count(&self) -> usize {
         self.lock().instances.values().map(|t| t.checks.len()).sum()
     }
-}
-
-/// Sends a self-healing request for `view`'s container when Docker calls it unhealthy.
-pub fn request_heal(
-    heal: &mpsc::Sender<heal::Request>,
-    container: &str,
-    name: &str,
-    reason: String,
-) {
-    // A full queue drops the request: the next probe or health event asks again.
-    let _ = heal.try_send(heal::Request {
-        container: container.to_owned(),
-        name: name.to_owned(),
-        reason,
-    });
 }
 
 /// One check's loop: random first offset, then probe → report → jittered sleep.
@@ -506,7 +492,7 @@ async fn run_check<P: Probe>(
         };
         let (trigger, heal) = prober.report(&id, generation, &spec.name, result);
         if let Some(req) = heal {
-            request_heal(&prober.heal, &req.container, &req.name, req.reason);
+            heal::request(&prober.heal, req);
         }
         if let Some(container) = trigger {
             prober.trigger(container, &cancel).await;

@@ -34,7 +34,7 @@ use crate::docker::view::DockerHealth;
 use crate::docker::{DockerClient, Trigger};
 use crate::heal;
 use crate::labels::{self, Level, Note};
-use crate::probe::{self, Prober};
+use crate::probe::Prober;
 use plan::Op;
 use store::Store;
 
@@ -265,7 +265,7 @@ async fn reconcile_container(ctx: Context, id: String, permits: Arc<Semaphore>) 
         // Shutting down: the permits are closed.
         return Done::Container { id, ok: true };
     };
-    let span = info_span!("reconcile", container = %short(&id));
+    let span = info_span!("reconcile", container = %crate::docker::short_id(&id));
     let ok = reconcile_one(&ctx, &id).instrument(span).await;
     Done::Container { id, ok }
 }
@@ -284,7 +284,14 @@ async fn reconcile_one(ctx: &Context, id: &str) -> bool {
                     let first = out.lines().next().unwrap_or_default();
                     format!("Docker HEALTHCHECK reports unhealthy: {first}")
                 };
-                probe::request_heal(&ctx.heal, id, &view.name, reason);
+                heal::request(
+                    &ctx.heal,
+                    heal::Request {
+                        container: id.to_owned(),
+                        name: view.name.clone(),
+                        reason,
+                    },
+                );
             }
             (outcome, view.name)
         }
@@ -422,8 +429,4 @@ async fn deregister_all(ctx: &Context) {
             }
         })
         .await;
-}
-
-fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }

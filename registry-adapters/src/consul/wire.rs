@@ -21,6 +21,9 @@ pub(super) const TTL_CHECK_NAME: &str = "berth TTL heartbeat";
 /// must not expire by itself; the liveness check is what expires when berth stops.
 const HEALTH_CHECK_TTL: &str = "87600h";
 
+/// Output of the liveness check while berth heartbeats it.
+const ALIVE_OUTPUT: &str = "berth is heartbeating";
+
 /// Longest check output berth sends: Consul's default `check_output_max_size`.
 pub(super) const MAX_OUTPUT_BYTES: usize = 4096;
 
@@ -146,7 +149,7 @@ impl<'a> CheckUpdate<'a> {
     pub(super) fn alive() -> Self {
         CheckUpdate {
             status: "passing",
-            output: "berth is heartbeating",
+            output: ALIVE_OUTPUT,
         }
     }
 }
@@ -227,7 +230,7 @@ pub(super) fn missing_check() -> Health {
 /// Health of an instance whose liveness check expired: berth stopped heartbeating.
 pub(super) fn expired(ttl_check: &Check) -> Health {
     let mut health = ttl_check.health();
-    if health.output.is_empty() || health.output == "berth is heartbeating" {
+    if health.output.is_empty() || health.output == ALIVE_OUTPUT {
         health.output = "berth stopped heartbeating (TTL expired)".to_owned();
     }
     health
