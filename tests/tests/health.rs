@@ -580,6 +580,56 @@ fn rise_and_fall_thresholds(kind: Kind) {
     });
 }
 
+/// `SERVICE_CHECK_DEREGISTER_AFTER`: an instance critical for longer is withdrawn from the
+/// registry while its probe keeps running, and registered again, passing, once it recovers.
+fn deregister_after_withdraws_until_it_passes(kind: Kind) {
+    let _engine = shared();
+    let mut env = Env::new("withdraw", kind);
+    let name = env.svc("web");
+    env.start_agent(&[]);
+    let ctr = probed_httpd(
+        env.test,
+        &[
+            format!("SERVICE_NAME={name}"),
+            "SERVICE_CHECK_HTTP=/health".into(),
+            "SERVICE_CHECK_INTERVAL=1s".into(),
+            "SERVICE_CHECK_DEREGISTER_AFTER=3s".into(),
+        ],
+        &[],
+        true,
+    );
+    let want = env.published(&name, &ctr, 80);
+    env.wait("passing", PROBE, |b| {
+        health_is(b, &want, "passing", &["HTTP GET"])
+    });
+
+    set_health(&ctr, false);
+    env.wait("critical", PROBE, |b| {
+        health_is(b, &want, "critical", &["404"])
+    });
+    env.wait("withdrawn after 3 s critical", PROBE, |b| {
+        match b.instances(&name)?.as_slice() {
+            [] => Ok(()),
+            other => Err(show(other)),
+        }
+    });
+    env.hold(
+        "still withdrawn while it fails",
+        Duration::from_secs(3),
+        |b| match b.instances(&name)?.as_slice() {
+            [] => Ok(()),
+            other => Err(show(other)),
+        },
+    );
+
+    set_health(&ctr, true);
+    env.wait(
+        "registered again, passing, once /health is back",
+        PROBE,
+        |b| health_is(b, &want, "passing", &["HTTP GET"]),
+    );
+}
+
 /// `State.StartedAt` of `ctr`: it changes on every start, `docker restart` included (unlike
 /// `RestartCount`).
 fn started_at(ctr: &Container) -> Result<String, String> {
@@ -848,6 +898,7 @@ berth_e2e::backend_tests!(
         explicit_probe_overrides_docker_healthcheck,
         native_named_and_service_scoped_checks,
         rise_and_fall_thresholds,
+        deregister_after_withdraws_until_it_passes,
         autoheal_restarts_up_to_the_limit,
     ],
     etcd: [
@@ -856,6 +907,7 @@ berth_e2e::backend_tests!(
         tcp_probe_is_not_fooled_by_the_docker_proxy,
         explicit_probe_overrides_docker_healthcheck,
         native_named_and_service_scoped_checks,
+        deregister_after_withdraws_until_it_passes,
         autoheal_restarts_a_docker_unhealthy_container,
     ],
 );
