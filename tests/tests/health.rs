@@ -71,6 +71,15 @@ fn set_health(ctr: &Container, healthy: bool) {
     docker::docker(&["exec", &ctr.id, "sh", "-c", cmd]);
 }
 
+/// Labels of service `name` with registrator's HTTP check of `/health` every second.
+fn http_checked(name: &str) -> Vec<String> {
+    vec![
+        format!("SERVICE_NAME={name}"),
+        "SERVICE_CHECK_HTTP=/health".into(),
+        "SERVICE_CHECK_INTERVAL=1s".into(),
+    ]
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -158,16 +167,7 @@ fn http_probe_follows_the_endpoint(kind: Kind) {
     let mut env = Env::new("httpprobe", kind);
     let name = env.svc("web");
     env.start_agent(&[]);
-    let ctr = probed_httpd(
-        env.test,
-        &[
-            format!("SERVICE_NAME={name}"),
-            "SERVICE_CHECK_HTTP=/health".into(),
-            "SERVICE_CHECK_INTERVAL=1s".into(),
-        ],
-        &[],
-        true,
-    );
+    let ctr = probed_httpd(env.test, &http_checked(&name), &[], true);
     let want = env.published(&name, &ctr, 80);
     let registry = env.backend.registry_args();
     env.expect_one(&want);
@@ -258,11 +258,7 @@ fn dns_drops_a_failing_instance(kind: Kind) {
     let mut env = Env::new("dns", kind);
     let name = env.svc("web");
     env.start_agent(&[]);
-    let labels = [
-        format!("SERVICE_NAME={name}"),
-        "SERVICE_CHECK_HTTP=/health".into(),
-        "SERVICE_CHECK_INTERVAL=1s".into(),
-    ];
+    let labels = http_checked(&name);
     let a = probed_httpd(env.test, &labels, &[], true);
     let b = probed_httpd(env.test, &labels, &[], true);
     let (want_a, want_b) = (env.published(&name, &a, 80), env.published(&name, &b, 80));
@@ -420,13 +416,6 @@ fn explicit_probe_overrides_docker_healthcheck(kind: Kind) {
     let mut env = Env::new("probevsdocker", kind);
     let (a_name, b_name) = (env.svc("dockerok"), env.svc("dockerbad"));
     env.start_agent(&[]);
-    let probe = |name: &str| {
-        vec![
-            format!("SERVICE_NAME={name}"),
-            "SERVICE_CHECK_HTTP=/health".to_string(),
-            "SERVICE_CHECK_INTERVAL=1s".to_string(),
-        ]
-    };
     let health_opts = |cmd: &'static str| {
         [
             "--health-cmd",
@@ -438,11 +427,16 @@ fn explicit_probe_overrides_docker_healthcheck(kind: Kind) {
         ]
     };
     // Docker says healthy, the probe fails.
-    let a = probed_httpd(env.test, &probe(&a_name), &health_opts("true"), false);
+    let a = probed_httpd(
+        env.test,
+        &http_checked(&a_name),
+        &health_opts("true"),
+        false,
+    );
     // Docker says unhealthy, the probe passes.
     let b = probed_httpd(
         env.test,
-        &probe(&b_name),
+        &http_checked(&b_name),
         &health_opts("test -f /nonexistent"),
         true,
     );
@@ -590,11 +584,10 @@ fn deregister_after_withdraws_until_it_passes(kind: Kind) {
     let ctr = probed_httpd(
         env.test,
         &[
-            format!("SERVICE_NAME={name}"),
-            "SERVICE_CHECK_HTTP=/health".into(),
-            "SERVICE_CHECK_INTERVAL=1s".into(),
-            "SERVICE_CHECK_DEREGISTER_AFTER=3s".into(),
-        ],
+            http_checked(&name),
+            vec!["SERVICE_CHECK_DEREGISTER_AFTER=3s".into()],
+        ]
+        .concat(),
         &[],
         true,
     );
@@ -696,19 +689,12 @@ fn autoheal_restarts_up_to_the_limit(kind: Kind) {
         "--autoheal-window",
         "10m",
     ]);
-    let failing = |name: &str| {
-        vec![
-            format!("SERVICE_NAME={name}"),
-            "SERVICE_CHECK_HTTP=/health".to_string(),
-            "SERVICE_CHECK_INTERVAL=1s".to_string(),
-        ]
-    };
     // No /health, ever (the command does not create it), so the probe fails after every
     // restart too.
-    let mut healed_labels = failing(&healed_name);
+    let mut healed_labels = http_checked(&healed_name);
     healed_labels.push("berth.autoheal=true".into());
     let healed = probed_httpd(env.test, &healed_labels, &[], false);
-    let plain = probed_httpd(env.test, &failing(&plain_name), &[], false);
+    let plain = probed_httpd(env.test, &http_checked(&plain_name), &[], false);
     let ctrs = [&healed, &plain];
     let mut starts = Starts::new(&ctrs);
 
