@@ -1,43 +1,44 @@
-//! Wiring: builds the Docker client, the registry and the tasks from a [`Config`], and spawns
+//! Wiring: builds the Docker seam, the registry and the tasks from a [`Config`], and spawns
 //! them on a [`TaskTracker`] under one [`CancellationToken`].
 //!
 //! ```text
-//! docker::run_source ──Trigger──▶ reconcile::Reconciler ──writes──▶ Registry
-//!                                   │    ▲ records writes             ▲
-//!                                   ▼    │                            │
-//!                                  reconcile::store::Store ──due──▶ reconcile::heartbeat
-//!                 heartbeat ──Trigger::Container (registry lost it)──▶ Reconciler
-//!  Registry::maintain (etcd lease keep-alive) ──resync_now (lease lost)──▶ docker::run_source
+//! source::run ──Trigger──▶ reconcile::Reconciler ──writes──▶ Registry
+//!                            │    ▲ records writes  ▲           ▲
+//!                            ▼    │                 │ recheck   │
+//!                 reconcile::store::Store ──due──▶ reconcile::heartbeat
+//!          heartbeat ──Trigger::Container (registry lost it)──▶ Reconciler
+//!          probe::Prober (check tasks) ──recheck (verdict changed)──▶ Reconciler
+//!          heal::run ──restart──▶ Docker; ──on_restart──▶ Prober
+//!  Registry::maintain (etcd lease keep-alive) ──resync_now (lease lost)──▶ source::run
 //! ```
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use berth_registry::consul::{ConsulConfig, ConsulRegistry};
-use berth_registry::etcd::{EtcdConfig, EtcdRegistry};
-use berth_registry::{Registry, RegistryError};
+use berth_registry::Registry;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Config, RegistryKind};
-use crate::docker::{self, DockerClient, DockerError, Trigger};
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::docker::{Docker, DockerError};
 use crate::heal;
 use crate::hostip;
 use crate::labels;
 use crate::probe::{self, Prober};
-use crate::reconcile::{self, Context, Reconciler, heartbeat, store::Store};
+use crate::reconcile::{self, Context, Reconciler, Trigger, heartbeat, store::Store};
+use crate::source;
 
 /// Why the agent could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error(transparent)]
+    #[error("cannot set up the docker client")]
     Docker(#[from] DockerError),
-    #[error(transparent)]
+    #[error("cannot set up the registry client")]
     Registry(#[from] berth_registry::RegistryError),
-    #[error(transparent)]
+    #[error("cannot set up the health probes")]
     Probe(#[from] probe::exec::ExecutorError),
     #[error("cancelled during startup")]
     Cancelled,
@@ -49,38 +50,49 @@ pub struct App {
     config: Config,
     ctx: Context,
     triggers: (mpsc::Sender<Trigger>, mpsc::Receiver<Trigger>),
+    recheck: mpsc::Receiver<String>,
     heal: mpsc::Receiver<heal::Request>,
+    tracker: TaskTracker,
 }
 
 impl App {
     /// Connects to nothing yet except Docker for the node name when `--node-name` is not set
-    /// (retried with backoff until Docker answers or `cancel` fires).
-    pub async fn build(config: Config, cancel: &CancellationToken) -> Result<App, BuildError> {
-        let docker = DockerClient::new(config.docker_host.as_deref(), config.docker_timeout)?;
-        let node = node_name(&config, &docker, cancel).await?;
-        let registry = registry(&config, &node)?;
-        App::assemble(config, docker, node, registry, cancel)
+    /// (retried with backoff until Docker answers or `cancel` fires). Every task, check tasks
+    /// included, runs on `tracker`.
+    pub async fn build(
+        config: Config,
+        cancel: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<App, BuildError> {
+        let (docker, node) = connect(&config, cancel).await?;
+        let registry = config.registry(&node)?;
+        App::assemble(config, docker, node, registry, cancel, tracker)
     }
 
-    /// Like [`App::build`] with a given registry (in-process tests use the memory backend).
+    /// Like [`App::build`] with a given registry, built for the node `--node-name` names
+    /// (in-process tests use the memory backend).
     pub async fn with_registry(
         config: Config,
         registry: Registry,
         cancel: &CancellationToken,
+        tracker: &TaskTracker,
     ) -> Result<App, BuildError> {
-        let docker = DockerClient::new(config.docker_host.as_deref(), config.docker_timeout)?;
-        let node = node_name(&config, &docker, cancel).await?;
-        App::assemble(config, docker, node, registry, cancel)
+        let (docker, node) = connect(&config, cancel).await?;
+        App::assemble(config, docker, node, registry, cancel, tracker)
     }
 
-    fn assemble(
+    /// An agent on the given Docker seam and registry, as node `node` (unit tests use the
+    /// scripted engine).
+    pub fn assemble(
         config: Config,
-        docker: DockerClient,
+        docker: Docker,
         node: String,
         registry: Registry,
         cancel: &CancellationToken,
+        tracker: &TaskTracker,
     ) -> Result<App, BuildError> {
-        let host_ip: IpAddr = match config.host_ip {
+        let a = &config.agent;
+        let host_ip: IpAddr = match a.host_ip {
             Some(ip) => ip,
             None => {
                 let (ip, how) = hostip::detect();
@@ -93,30 +105,32 @@ impl App {
             host_ip = %host_ip,
             docker = docker.endpoint(),
             registry = %registry.describe(),
-            ttl = ?config.ttl,
-            resync = ?config.resync,
-            internal = config.internal,
-            explicit = config.explicit,
+            ttl = ?a.ttl,
+            resync = ?a.resync,
+            internal = a.internal,
+            explicit = a.explicit,
             "berth configured"
         );
         let settings = labels::Settings {
             node,
             host_ip,
-            internal: config.internal,
-            network: config.network.clone(),
-            explicit: config.explicit,
+            internal: a.internal,
+            network: a.network.clone(),
+            explicit: a.explicit,
         };
         let store = Arc::new(Store::new(config.heartbeat_interval()));
         let (tx, rx) = mpsc::channel(1024);
+        let (recheck_tx, recheck_rx) = mpsc::channel(1024);
         let (heal_tx, heal_rx) = mpsc::channel(256);
         let prober = Prober::new(
             probe::exec::Executor::new()?,
             probe::Options {
-                concurrency: config.probe_concurrency,
-                autoheal_failures: config.autoheal_failures,
+                concurrency: a.probe_concurrency,
+                autoheal_failures: a.autoheal_failures,
             },
-            tx.clone(),
+            recheck_tx,
             heal_tx.clone(),
+            tracker.clone(),
             cancel.child_token(),
         );
         Ok(App {
@@ -130,52 +144,68 @@ impl App {
             },
             config,
             triggers: (tx, rx),
+            recheck: recheck_rx,
             heal: heal_rx,
+            tracker: tracker.clone(),
         })
+    }
+
+    /// The reconcile context, for tests that look at the store.
+    pub fn context(&self) -> &Context {
+        &self.ctx
     }
 
     /// Spawns the source, the reconciler, the heartbeater, self-healing and the registry's
     /// upkeep. Check tasks are started by the prober as reconciles find checks.
-    pub fn spawn(self, tracker: &TaskTracker, cancel: CancellationToken) {
-        let (tx, rx) = self.triggers;
+    pub fn spawn(self, cancel: CancellationToken) {
+        let App {
+            config,
+            ctx,
+            triggers: (tx, rx),
+            recheck,
+            heal,
+            tracker,
+        } = self;
         // The registry lost this agent's registrations wholesale: relist Docker now.
         let resync_now = Arc::new(Notify::new());
-        let registry = self.ctx.registry.clone();
-        let maintain_cancel = cancel.clone();
-        let lost = resync_now.clone();
-        tracker.spawn(async move { registry.maintain(lost, maintain_cancel).await });
+        let registry = ctx.registry.clone();
+        let (lost, upkeep_cancel) = (resync_now.clone(), cancel.clone());
+        tracker.spawn(async move { registry.maintain(lost, upkeep_cancel).await });
         // The reconciler must outlive the source so in-flight writes finish; it stops on
         // cancel and then drains.
         tracker.spawn(
             Reconciler::new(
-                self.ctx.clone(),
+                ctx.clone(),
                 reconcile::Options {
-                    concurrency: self.config.concurrency,
-                    deregister_on_exit: self.config.deregister_on_exit,
+                    concurrency: config.agent.concurrency,
+                    deregister_on_exit: config.agent.deregister_on_exit,
                 },
             )
-            .run(rx, cancel.clone()),
+            .run(rx, recheck, cancel.clone()),
         );
         tracker.spawn(heartbeat::run(
-            self.ctx.registry.clone(),
-            self.ctx.store.clone(),
+            ctx.registry.clone(),
+            ctx.store.clone(),
             tx.clone(),
             cancel.clone(),
         ));
+        let prober = ctx.prober.clone();
+        let on_restart: heal::OnRestart =
+            Arc::new(move |container: &str, note| prober.restarted(container, note));
         tracker.spawn(heal::run(
-            self.ctx.docker.clone(),
-            self.ctx.prober.clone(),
+            ctx.docker.clone(),
             heal::Options {
-                cooldown: self.config.autoheal_cooldown,
-                max_restarts: self.config.autoheal_max_restarts,
-                window: self.config.autoheal_window,
+                cooldown: config.agent.autoheal_cooldown,
+                max_restarts: config.agent.autoheal_max_restarts,
+                window: config.agent.autoheal_window,
             },
-            self.heal,
+            heal,
+            on_restart,
             cancel.clone(),
         ));
-        tracker.spawn(docker::run_source(
-            self.ctx.docker.clone(),
-            self.config.resync,
+        tracker.spawn(source::run(
+            ctx.docker.clone(),
+            config.agent.resync,
             resync_now,
             tx,
             cancel,
@@ -183,55 +213,28 @@ impl App {
     }
 }
 
-/// The backend `config` selects, for node `node`. Connects to nothing yet.
-pub fn registry(config: &Config, node: &str) -> Result<Registry, RegistryError> {
-    // A write must fail before the next heartbeat is due, never pile up.
-    let request_timeout = config
-        .heartbeat_interval()
-        .clamp(Duration::from_millis(300), Duration::from_secs(5));
-    Ok(match config.registry {
-        RegistryKind::Consul => Registry::Consul(ConsulRegistry::new(ConsulConfig {
-            addr: config.consul_addr.clone(),
-            token: config.consul_token.clone(),
-            ca_cert: config.consul_cacert.clone(),
-            client_cert: config.consul_client_cert.clone(),
-            client_key: config.consul_client_key.clone(),
-            tls_skip_verify: config.consul_tls_skip_verify,
-            ttl: config.ttl,
-            deregister_critical_after: config.deregister_critical_after,
-            request_timeout,
-        })?),
-        RegistryKind::Etcd => Registry::Etcd(EtcdRegistry::new(EtcdConfig {
-            endpoints: config.etcd_endpoints.clone(),
-            prefix: config.etcd_prefix.clone(),
-            node: node.to_owned(),
-            user: config.etcd_user.clone(),
-            password: config.etcd_password.clone(),
-            ca_cert: config.etcd_cacert.clone(),
-            client_cert: config.etcd_cert.clone(),
-            client_key: config.etcd_key.clone(),
-            ttl: config.ttl,
-            request_timeout,
-        })?),
-    })
-}
-
-async fn node_name(
+/// The Docker client `config` names, and the node identity: `--node-name`, or else Docker's
+/// own node name.
+async fn connect(
     config: &Config,
-    docker: &DockerClient,
     cancel: &CancellationToken,
-) -> Result<String, BuildError> {
-    match &config.node_name {
-        Some(n) => Ok(n.clone()),
-        None => docker_node_name(docker.clone(), cancel).await,
-    }
+) -> Result<(Docker, String), BuildError> {
+    let docker = Docker::connect(
+        config.agent.docker_host.as_deref(),
+        config.agent.docker_timeout,
+    )?;
+    let node = match &config.agent.node_name {
+        Some(n) => n.clone(),
+        None => docker_node_name(docker.clone(), cancel).await?,
+    };
+    Ok((docker, node))
 }
 
 async fn docker_node_name(
-    mut docker: DockerClient,
+    mut docker: Docker,
     cancel: &CancellationToken,
 ) -> Result<String, BuildError> {
-    let mut backoff = docker::reconnect_backoff();
+    let mut failures = 0;
     loop {
         let attempt = async {
             docker.negotiate().await?;
@@ -247,7 +250,8 @@ async fn docker_node_name(
                 warn!(error = %crate::telemetry::chain(&e), "cannot ask docker for the node name; retrying")
             }
         }
-        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+        failures += 1;
+        let delay = Backoff::RECONNECT.delay(failures, &mut rand::rng());
         tokio::select! {
             _ = cancel.cancelled() => return Err(BuildError::Cancelled),
             _ = tokio::time::sleep(delay) => {}

@@ -1,20 +1,37 @@
-//! Command line and configuration.
+//! Command line and configuration, each setting declared once.
 //!
-//! Sources, highest first: flags, `BERTH_*` environment variables, the `CONSUL_*` variables
-//! Consul's own tools use, a TOML or YAML file (`--config`), then defaults. Every source is
-//! merged by the `config` crate and deserialised into one [`Config`]; any problem becomes one
-//! [`ConfigError`] line and `main` exits 64.
+//! A setting is one field of [`RegistryConfig`] (how to reach the registry, shared by
+//! `berth run` and `berth lookup`) or of [`AgentConfig`] (the rest of `berth run`). From that
+//! one field come:
 //!
-//! The environment is read through the [`Env`] trait so tests pass a map instead of mutating
-//! the process environment.
+//! - its config-file key: the field name (`node_name`);
+//! - its environment variable: `BERTH_` and the key upper-cased (`BERTH_NODE_NAME`);
+//! - its flag, from its clap attributes (`--node-name`), or none with `#[arg(skip = …)]`;
+//! - its default: the clap default (`default_value`, or the `skip` value);
+//! - its type and parsing: serde, for every source alike.
+//!
+//! So a new setting is a new field. Sources, highest first: flags, `BERTH_*` variables, the
+//! conventional `CONSUL_*`, `ETCDCTL_*` and `DOCKER_HOST` variables ([`CONVENTIONAL_ENV`]), a
+//! TOML or YAML file (`--config`), then defaults. Every source is merged by the `config` crate
+//! and deserialised; any problem becomes one [`ConfigError`] line and `main` exits 64.
+//!
+//! The environment is read through the [`Env`] trait, so tests pass a map instead of mutating
+//! the process environment. This module also builds the [`Registry`] a configuration selects.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
+use berth_registry::consul::{ConsulConfig, ConsulRegistry};
+use berth_registry::etcd::{EtcdConfig, EtcdRegistry};
+use berth_registry::{Registry, RegistryError};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use config::Source as _;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// `berth`: the command line.
 #[derive(Debug, Parser)]
@@ -24,6 +41,9 @@ use serde::Deserialize;
     about = "Registers Docker containers in Consul or etcd, kept exact."
 )]
 pub struct Cli {
+    /// TOML or YAML configuration file (keys as in docs/configuration.md).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -36,36 +56,13 @@ pub enum Command {
     Lookup(Box<LookupArgs>),
 }
 
-/// Which registry to talk to, and how. Shared by `berth run` and `berth lookup`.
-#[derive(Clone, Debug, Default, Args)]
-pub struct RegistryArgs {
-    /// TOML or YAML configuration file.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Registry backend [default: consul].
-    #[arg(long = "registry", value_name = "consul|etcd")]
-    pub kind: Option<String>,
-    /// Consul agent address [env: CONSUL_HTTP_ADDR] [default: http://127.0.0.1:8500].
-    #[arg(long, value_name = "URL")]
-    pub consul_addr: Option<String>,
-    /// etcd endpoints, repeated or comma-separated [env: ETCDCTL_ENDPOINTS] [default: http://127.0.0.1:2379].
-    #[arg(long, value_name = "URL", value_delimiter = ',')]
-    pub etcd_endpoints: Vec<String>,
-    /// Key prefix for everything berth writes to etcd [default: /berth].
-    #[arg(long, value_name = "PREFIX")]
-    pub etcd_prefix: Option<String>,
-    /// etcd user; the password comes from BERTH_ETCD_PASSWORD or the config file.
-    #[arg(long, value_name = "USER")]
-    pub etcd_user: Option<String>,
-    /// PEM CA bundle for https etcd endpoints [env: ETCDCTL_CACERT].
-    #[arg(long, value_name = "FILE")]
-    pub etcd_cacert: Option<PathBuf>,
-    /// PEM client certificate for etcd [env: ETCDCTL_CERT].
-    #[arg(long, value_name = "FILE")]
-    pub etcd_cert: Option<PathBuf>,
-    /// PEM key of --etcd-cert [env: ETCDCTL_KEY].
-    #[arg(long, value_name = "FILE")]
-    pub etcd_key: Option<PathBuf>,
+/// The flags of `berth run`: every setting that has one.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub registry: RegistryConfig,
+    #[command(flatten)]
+    pub agent: AgentConfig,
 }
 
 /// `berth lookup <service>`.
@@ -80,65 +77,176 @@ pub struct LookupArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub registry: RegistryArgs,
+    pub registry: RegistryConfig,
 }
 
-/// Flags of `berth run`. Every flag also has a `BERTH_<NAME>` variable and a config-file key
-/// (`node_name` for `--node-name`); see docs/configuration.md.
-#[derive(Debug, Default, Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub registry: RegistryArgs,
+/// Which registry to talk to, and how.
+#[derive(Clone, Debug, PartialEq, Args, Serialize, Deserialize)]
+pub struct RegistryConfig {
+    /// Registry backend.
+    #[arg(long, value_enum, default_value_t = RegistryKind::Consul, value_name = "consul|etcd")]
+    pub registry: RegistryKind,
+    /// Consul agent address [env: CONSUL_HTTP_ADDR].
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8500")]
+    pub consul_addr: String,
+    /// ACL token sent to Consul [env: CONSUL_HTTP_TOKEN]; no flag, so it stays out of `ps`.
+    #[arg(skip)]
+    pub consul_token: Option<String>,
+    /// PEM CA bundle for https Consul [env: CONSUL_CACERT].
+    #[arg(skip)]
+    pub consul_cacert: Option<PathBuf>,
+    /// PEM client certificate for Consul [env: CONSUL_CLIENT_CERT].
+    #[arg(skip)]
+    pub consul_client_cert: Option<PathBuf>,
+    /// PEM key of the client certificate [env: CONSUL_CLIENT_KEY].
+    #[arg(skip)]
+    pub consul_client_key: Option<PathBuf>,
+    /// Accept any certificate from Consul [env: CONSUL_HTTP_SSL_VERIFY=false].
+    #[arg(skip)]
+    pub consul_tls_skip_verify: bool,
+    /// etcd endpoints, repeated or comma-separated [env: ETCDCTL_ENDPOINTS].
+    #[arg(
+        long,
+        value_name = "URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    #[serde(deserialize_with = "string_or_list")]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix for everything berth writes to etcd.
+    #[arg(long, value_name = "PREFIX", default_value = "/berth")]
+    pub etcd_prefix: String,
+    /// etcd user; the password comes from BERTH_ETCD_PASSWORD or the config file.
+    #[arg(long, value_name = "USER")]
+    pub etcd_user: Option<String>,
+    /// Password of the etcd user; no flag, so it stays out of `ps`.
+    #[arg(skip)]
+    pub etcd_password: Option<String>,
+    /// PEM CA bundle for https etcd endpoints [env: ETCDCTL_CACERT].
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// PEM client certificate for etcd [env: ETCDCTL_CERT].
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM key of --etcd-cert [env: ETCDCTL_KEY].
+    #[arg(long, value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+}
+
+/// Everything else `berth run` needs.
+#[derive(Clone, Debug, PartialEq, Args, Serialize, Deserialize)]
+pub struct AgentConfig {
     /// Node identity used in instance ids and ownership [default: Docker's node name].
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
     /// Address registered for published ports [default: detected at startup].
     #[arg(long, value_name = "IP")]
-    pub host_ip: Option<String>,
+    pub host_ip: Option<IpAddr>,
     /// Register container IP and container port instead of host IP and published port.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    pub internal: Option<bool>,
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false, value_name = "BOOL")]
+    pub internal: bool,
     /// Network to take container IPs from in --internal mode.
     #[arg(long, value_name = "NAME")]
     pub network: Option<String>,
     /// Register only containers or ports that carry a service-name label.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    pub explicit: Option<bool>,
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false, value_name = "BOOL")]
+    pub explicit: bool,
     /// TTL of each instance's heartbeat check (Consul) or of the agent's lease (etcd);
-    /// refreshed every ttl/3 [default: 15s].
-    #[arg(long, value_name = "DURATION")]
-    pub ttl: Option<String>,
-    /// Full resync period [default: 30s].
-    #[arg(long, value_name = "DURATION")]
-    pub resync: Option<String>,
-    /// Consul removes an instance critical for this long [default: 1m].
-    #[arg(long, value_name = "DURATION")]
-    pub deregister_critical_after: Option<String>,
+    /// refreshed every ttl/3.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "15s")]
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Full resync period.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
+    #[serde(with = "humantime_serde")]
+    pub resync: Duration,
+    /// Consul removes an instance critical for this long.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "1m")]
+    #[serde(with = "humantime_serde")]
+    pub deregister_critical_after: Duration,
     /// Remove this node's registrations on SIGTERM/SIGINT instead of letting them expire.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    pub deregister_on_exit: Option<bool>,
-    /// Log format [default: plain].
-    #[arg(long, value_name = "plain|json")]
-    pub log_format: Option<String>,
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false, value_name = "BOOL")]
+    pub deregister_on_exit: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain, value_name = "plain|json")]
+    pub log_format: LogFormat,
     /// Docker endpoint, unix:// or tcp:// [env: DOCKER_HOST] [default: unix:///var/run/docker.sock].
     #[arg(long, value_name = "URL")]
     pub docker_host: Option<String>,
-    /// Health probes in flight at once, across all checks [default: 64].
-    #[arg(long, value_name = "N")]
-    pub probe_concurrency: Option<usize>,
-    /// Consecutive failed probes of one check before an autoheal container is restarted
-    /// [default: 3].
-    #[arg(long, value_name = "N")]
-    pub autoheal_failures: Option<u32>,
-    /// Minimum time between two self-healing restarts of one container [default: 1m].
-    #[arg(long, value_name = "DURATION")]
-    pub autoheal_cooldown: Option<String>,
-    /// Most self-healing restarts of one container per --autoheal-window [default: 3].
-    #[arg(long, value_name = "N")]
-    pub autoheal_max_restarts: Option<usize>,
-    /// Window over which --autoheal-max-restarts counts [default: 1h].
-    #[arg(long, value_name = "DURATION")]
-    pub autoheal_window: Option<String>,
+    /// Timeout of every Docker API call.
+    #[arg(skip = Duration::from_secs(10))]
+    #[serde(with = "humantime_serde")]
+    pub docker_timeout: Duration,
+    /// Containers reconciled at once.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub concurrency: usize,
+    /// Health probes in flight at once, across all checks.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub probe_concurrency: usize,
+    /// Consecutive failed probes of one check before an autoheal container is restarted.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub autoheal_failures: u32,
+    /// Minimum time between two self-healing restarts of one container.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "1m")]
+    #[serde(with = "humantime_serde")]
+    pub autoheal_cooldown: Duration,
+    /// Most self-healing restarts of one container per --autoheal-window.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub autoheal_max_restarts: usize,
+    /// Window over which --autoheal-max-restarts counts.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "1h")]
+    #[serde(with = "humantime_serde")]
+    pub autoheal_window: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryKind {
+    #[default]
+    Consul,
+    Etcd,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Plain,
+    Json,
+}
+
+/// The conventional variables of Consul's, etcdctl's and Docker's own tools, and the keys
+/// they feed. They rank below `BERTH_*`.
+pub const CONVENTIONAL_ENV: &[(&str, &str)] = &[
+    ("CONSUL_HTTP_ADDR", "consul_addr"),
+    ("CONSUL_HTTP_TOKEN", "consul_token"),
+    ("CONSUL_CACERT", "consul_cacert"),
+    ("CONSUL_CLIENT_CERT", "consul_client_cert"),
+    ("CONSUL_CLIENT_KEY", "consul_client_key"),
+    ("ETCDCTL_ENDPOINTS", "etcd_endpoints"),
+    ("ETCDCTL_CACERT", "etcd_cacert"),
+    ("ETCDCTL_CERT", "etcd_cert"),
+    ("ETCDCTL_KEY", "etcd_key"),
+    ("DOCKER_HOST", "docker_host"),
+];
+
+/// The resolved configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub registry: RegistryConfig,
+    pub agent: AgentConfig,
+}
+
+/// What the command line asks for, with its configuration resolved.
+#[derive(Debug)]
+pub enum Invocation {
+    Run(Box<Config>),
+    Lookup {
+        service: String,
+        passing: bool,
+        json: bool,
+        config: Box<Config>,
+    },
 }
 
 /// Reads environment variables. The process environment in production, a map in tests.
@@ -162,106 +270,104 @@ impl Env for HashMap<String, String> {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RegistryKind {
-    #[default]
-    Consul,
-    Etcd,
+/// Why the command line could not be turned into an [`Invocation`].
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// Bad or missing arguments, or `--help`/`--version` (clap prints those itself).
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Plain,
-    Json,
+/// A configuration problem, printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("invalid configuration")]
+    Source(#[source] config::ConfigError),
 }
 
-/// The resolved configuration of `berth run`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    #[serde(default)]
-    pub registry: RegistryKind,
-    #[serde(default = "default_consul_addr")]
-    pub consul_addr: String,
-    #[serde(default)]
-    pub consul_token: Option<String>,
-    #[serde(default)]
-    pub consul_cacert: Option<PathBuf>,
-    #[serde(default)]
-    pub consul_client_cert: Option<PathBuf>,
-    #[serde(default)]
-    pub consul_client_key: Option<PathBuf>,
-    #[serde(default)]
-    pub consul_tls_skip_verify: bool,
-    /// etcd endpoints: a list, or one comma-separated string (as flags and env give it).
-    #[serde(
-        default = "default_etcd_endpoints",
-        deserialize_with = "string_or_list"
-    )]
-    pub etcd_endpoints: Vec<String>,
-    #[serde(default = "default_etcd_prefix")]
-    pub etcd_prefix: String,
-    #[serde(default)]
-    pub etcd_user: Option<String>,
-    #[serde(default)]
-    pub etcd_password: Option<String>,
-    #[serde(default)]
-    pub etcd_cacert: Option<PathBuf>,
-    #[serde(default)]
-    pub etcd_cert: Option<PathBuf>,
-    #[serde(default)]
-    pub etcd_key: Option<PathBuf>,
-    #[serde(default)]
-    pub node_name: Option<String>,
-    #[serde(default)]
-    pub host_ip: Option<IpAddr>,
-    #[serde(default)]
-    pub internal: bool,
-    #[serde(default)]
-    pub network: Option<String>,
-    #[serde(default)]
-    pub explicit: bool,
-    #[serde(default = "default_ttl", with = "humantime_serde")]
-    pub ttl: Duration,
-    #[serde(default = "default_resync", with = "humantime_serde")]
-    pub resync: Duration,
-    #[serde(default = "default_deregister_after", with = "humantime_serde")]
-    pub deregister_critical_after: Duration,
-    #[serde(default)]
-    pub deregister_on_exit: bool,
-    #[serde(default)]
-    pub log_format: LogFormat,
-    #[serde(default)]
-    pub docker_host: Option<String>,
-    /// Timeout of every Docker API call.
-    #[serde(default = "default_docker_timeout", with = "humantime_serde")]
-    pub docker_timeout: Duration,
-    /// Containers reconciled at once.
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    #[serde(default = "default_probe_concurrency")]
-    pub probe_concurrency: usize,
-    #[serde(default = "default_autoheal_failures")]
-    pub autoheal_failures: u32,
-    #[serde(default = "default_autoheal_cooldown", with = "humantime_serde")]
-    pub autoheal_cooldown: Duration,
-    #[serde(default = "default_autoheal_max_restarts")]
-    pub autoheal_max_restarts: usize,
-    #[serde(default = "default_autoheal_window", with = "humantime_serde")]
-    pub autoheal_window: Duration,
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        ConfigError::Source(e)
+    }
 }
 
-fn default_consul_addr() -> String {
-    "http://127.0.0.1:8500".to_owned()
+/// Parses `argv` (program name first) and resolves the configuration it selects.
+pub fn parse<I, T>(argv: I, env: &dyn Env) -> Result<Invocation, ParseError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = Cli::command().try_get_matches_from(argv)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let file = cli.config.as_ref();
+    Ok(match (cli.command, matches.subcommand()) {
+        (Command::Run(args), Some((_, sub))) => {
+            let mut given = given(&args.registry, sub);
+            given.extend(self::given(&args.agent, sub));
+            Invocation::Run(Box::new(Config::load(file, &given, env)?))
+        }
+        (Command::Lookup(args), Some((_, sub))) => {
+            let given = given(&args.registry, sub);
+            Invocation::Lookup {
+                service: args.service,
+                passing: args.passing,
+                json: args.json,
+                config: Box::new(Config::load(file, &given, env)?),
+            }
+        }
+        // clap makes the subcommand required, so both arms above always match.
+        (_, None) => {
+            return Err(clap::Error::new(clap::error::ErrorKind::MissingSubcommand).into());
+        }
+    })
 }
-fn default_etcd_endpoints() -> Vec<String> {
-    vec!["http://127.0.0.1:2379".to_owned()]
+
+/// Every key of a settings part, with its value as a string (`None` when unset), from its
+/// serialised form: lists joined with commas, durations as `15s`.
+fn values<T: Serialize>(part: &T) -> Vec<(String, Option<String>)> {
+    let Ok(serde_json::Value::Object(map)) = serde_json::to_value(part) else {
+        return Vec::new();
+    };
+    map.into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(s) => Some(s),
+                serde_json::Value::Array(items) => Some(
+                    items
+                        .iter()
+                        .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                other => Some(other.to_string()),
+            };
+            (key, text)
+        })
+        .collect()
 }
-fn default_etcd_prefix() -> String {
-    "/berth".to_owned()
+
+/// The values of `part` that were given on the command line.
+fn given<T: Serialize>(part: &T, matches: &ArgMatches) -> Vec<(String, String)> {
+    values(part)
+        .into_iter()
+        .filter(|(key, _)| {
+            matches
+                .try_get_raw(key)
+                .is_ok_and(|_| matches.value_source(key) == Some(ValueSource::CommandLine))
+        })
+        .filter_map(|(key, value)| Some((key, value?)))
+        .collect()
+}
+
+/// A part as it is when nothing sets it: its clap defaults and `skip` values.
+fn defaults<T: Args + FromArgMatches>() -> Result<T, clap::Error> {
+    let cmd = T::augment_args(clap::Command::new("defaults"));
+    T::from_arg_matches(&cmd.try_get_matches_from(["defaults"])?)
 }
 
 fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -284,538 +390,225 @@ fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>,
         .collect())
 }
 
-fn default_ttl() -> Duration {
-    Duration::from_secs(15)
-}
-fn default_resync() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_deregister_after() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_docker_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_concurrency() -> usize {
-    16
-}
-fn default_probe_concurrency() -> usize {
-    64
-}
-fn default_autoheal_failures() -> u32 {
-    3
-}
-fn default_autoheal_cooldown() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_autoheal_max_restarts() -> usize {
-    3
-}
-fn default_autoheal_window() -> Duration {
-    Duration::from_secs(3600)
+/// Both parts' defaults as `(key, value)`; `None` for settings unset by default.
+fn all_defaults() -> Result<Vec<(String, Option<String>)>, ConfigError> {
+    let bad = |e: clap::Error| ConfigError::Invalid(format!("defaults: {e}"));
+    let mut all = values(&defaults::<RegistryConfig>().map_err(bad)?);
+    all.extend(values(&defaults::<AgentConfig>().map_err(bad)?));
+    Ok(all)
 }
 
-/// A configuration problem, printed as one line.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-    #[error("invalid configuration: {0}")]
-    Source(#[from] config::ConfigError),
+/// The conventional variables, as the keys they feed.
+fn conventional(env: &dyn Env) -> config::Map<String, String> {
+    let mut out = config::Map::new();
+    for (var, key) in CONVENTIONAL_ENV {
+        if let Some(v) = env.var(var) {
+            out.insert((*key).to_owned(), v);
+        }
+    }
+    // etcdctl's `user:password` form.
+    if let Some(user) = env.var("ETCDCTL_USER") {
+        let (user, password) = user.split_once(':').unwrap_or((user.as_str(), ""));
+        out.insert("etcd_user".to_owned(), user.to_owned());
+        if !password.is_empty() {
+            out.insert("etcd_password".to_owned(), password.to_owned());
+        }
+    }
+    if let Some(password) = env.var("ETCDCTL_PASSWORD") {
+        out.insert("etcd_password".to_owned(), password);
+    }
+    if env.var("CONSUL_HTTP_SSL_VERIFY").as_deref() == Some("false") {
+        out.insert("consul_tls_skip_verify".to_owned(), "true".to_owned());
+    }
+    if env.var("CONSUL_HTTP_SSL").as_deref() == Some("true")
+        && let Some(addr) = out.get_mut("consul_addr")
+        && !addr.contains("://")
+    {
+        *addr = format!("https://{addr}");
+    }
+    out
 }
-
-/// Keys every source may set. Environment variables are `BERTH_` + the key upper-cased.
-const KEYS: &[&str] = &[
-    "registry",
-    "consul_addr",
-    "consul_token",
-    "consul_cacert",
-    "consul_client_cert",
-    "consul_client_key",
-    "consul_tls_skip_verify",
-    "etcd_endpoints",
-    "etcd_prefix",
-    "etcd_user",
-    "etcd_password",
-    "etcd_cacert",
-    "etcd_cert",
-    "etcd_key",
-    "node_name",
-    "host_ip",
-    "internal",
-    "network",
-    "explicit",
-    "ttl",
-    "resync",
-    "deregister_critical_after",
-    "deregister_on_exit",
-    "log_format",
-    "docker_host",
-    "docker_timeout",
-    "concurrency",
-    "probe_concurrency",
-    "autoheal_failures",
-    "autoheal_cooldown",
-    "autoheal_max_restarts",
-    "autoheal_window",
-];
-
-/// Consul's own variables and the keys they feed.
-const CONSUL_ENV: &[(&str, &str)] = &[
-    ("CONSUL_HTTP_ADDR", "consul_addr"),
-    ("CONSUL_HTTP_TOKEN", "consul_token"),
-    ("CONSUL_CACERT", "consul_cacert"),
-    ("CONSUL_CLIENT_CERT", "consul_client_cert"),
-    ("CONSUL_CLIENT_KEY", "consul_client_key"),
-    ("ETCDCTL_ENDPOINTS", "etcd_endpoints"),
-    ("ETCDCTL_CACERT", "etcd_cacert"),
-    ("ETCDCTL_CERT", "etcd_cert"),
-    ("ETCDCTL_KEY", "etcd_key"),
-    ("DOCKER_HOST", "docker_host"),
-];
 
 impl Config {
-    /// Merges flags, environment, file and defaults, then validates.
-    pub fn load(args: &RunArgs, env: &dyn Env) -> Result<Config, ConfigError> {
-        let mut builder = config::Config::builder();
+    /// Every setting's key, as the config file spells it.
+    pub fn keys() -> Result<BTreeSet<String>, ConfigError> {
+        Ok(all_defaults()?.into_iter().map(|(k, _)| k).collect())
+    }
 
-        if let Some(path) = &args.registry.config {
+    /// Merges `given` (the flags on the command line), the environment, `file` and the
+    /// defaults, then validates.
+    pub fn load(
+        file: Option<&PathBuf>,
+        given: &[(String, String)],
+        env: &dyn Env,
+    ) -> Result<Config, ConfigError> {
+        let defaults = all_defaults()?;
+        let keys: BTreeSet<&str> = defaults.iter().map(|(k, _)| k.as_str()).collect();
+        let mut builder = config::Config::builder();
+        for (key, value) in &defaults {
+            if let Some(value) = value {
+                builder = builder.set_default(key.as_str(), value.as_str())?;
+            }
+        }
+        if let Some(path) = file {
             if !path.is_file() {
                 return Err(ConfigError::Invalid(format!(
                     "config file {} does not exist",
                     path.display()
                 )));
             }
-            builder = builder.add_source(config::File::from(path.as_path()).required(true));
-        }
-
-        // Consul's and Docker's conventional variables rank below BERTH_* ones.
-        let mut foreign = config::Map::new();
-        for (var, key) in CONSUL_ENV {
-            if let Some(v) = env.var(var) {
-                foreign.insert((*key).to_owned(), v);
+            let from_file = config::Config::builder()
+                .add_source(config::File::from(path.as_path()).required(true))
+                .build()?;
+            if let Some(unknown) = from_file
+                .collect()?
+                .keys()
+                .find(|k| !keys.contains(k.as_str()))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown key {unknown:?} in {} (see docs/configuration.md)",
+                    path.display()
+                )));
             }
+            builder = builder.add_source(from_file);
         }
-        // etcdctl's `user:password` form.
-        if let Some(user) = env.var("ETCDCTL_USER") {
-            let (user, password) = user.split_once(':').unwrap_or((user.as_str(), ""));
-            foreign.insert("etcd_user".to_owned(), user.to_owned());
-            if !password.is_empty() {
-                foreign.insert("etcd_password".to_owned(), password.to_owned());
-            }
-        }
-        if let Some(password) = env.var("ETCDCTL_PASSWORD") {
-            foreign.insert("etcd_password".to_owned(), password);
-        }
-        if env.var("CONSUL_HTTP_SSL_VERIFY").as_deref() == Some("false") {
-            foreign.insert("consul_tls_skip_verify".to_owned(), "true".to_owned());
-        }
-        if env.var("CONSUL_HTTP_SSL").as_deref() == Some("true")
-            && let Some(addr) = foreign.get_mut("consul_addr")
-            && !addr.contains("://")
-        {
-            *addr = format!("https://{addr}");
-        }
-        builder = builder.add_source(
-            // No `try_parsing`: it would turn BERTH_NODE_NAME=007 into "7".
-            config::Environment::default().source(Some(foreign)),
-        );
-
+        // No `try_parsing`: it would turn BERTH_NODE_NAME=007 into "7".
+        builder =
+            builder.add_source(config::Environment::default().source(Some(conventional(env))));
         let mut berth = config::Map::new();
-        for key in KEYS {
+        for key in &keys {
             if let Some(v) = env.var(&format!("BERTH_{}", key.to_ascii_uppercase())) {
                 berth.insert((*key).to_owned(), v);
             }
         }
         builder = builder.add_source(config::Environment::default().source(Some(berth)));
-
-        let r = &args.registry;
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        let flags: [(&str, Option<String>); 24] = [
-            ("registry", r.kind.clone()),
-            ("consul_addr", r.consul_addr.clone()),
-            (
-                "etcd_endpoints",
-                (!r.etcd_endpoints.is_empty()).then(|| r.etcd_endpoints.join(",")),
-            ),
-            ("etcd_prefix", r.etcd_prefix.clone()),
-            ("etcd_user", r.etcd_user.clone()),
-            ("etcd_cacert", path(&r.etcd_cacert)),
-            ("etcd_cert", path(&r.etcd_cert)),
-            ("etcd_key", path(&r.etcd_key)),
-            ("node_name", args.node_name.clone()),
-            ("host_ip", args.host_ip.clone()),
-            ("internal", args.internal.map(|b| b.to_string())),
-            ("network", args.network.clone()),
-            ("explicit", args.explicit.map(|b| b.to_string())),
-            ("ttl", args.ttl.clone()),
-            ("resync", args.resync.clone()),
-            (
-                "deregister_critical_after",
-                args.deregister_critical_after.clone(),
-            ),
-            (
-                "deregister_on_exit",
-                args.deregister_on_exit.map(|b| b.to_string()),
-            ),
-            ("log_format", args.log_format.clone()),
-            ("docker_host", args.docker_host.clone()),
-            (
-                "probe_concurrency",
-                args.probe_concurrency.map(|n| n.to_string()),
-            ),
-            (
-                "autoheal_failures",
-                args.autoheal_failures.map(|n| n.to_string()),
-            ),
-            ("autoheal_cooldown", args.autoheal_cooldown.clone()),
-            (
-                "autoheal_max_restarts",
-                args.autoheal_max_restarts.map(|n| n.to_string()),
-            ),
-            ("autoheal_window", args.autoheal_window.clone()),
-        ];
-        for (key, value) in flags {
-            builder = builder.set_override_option(key, value)?;
+        for (key, value) in given {
+            builder = builder.set_override(key.as_str(), value.as_str())?;
         }
-
-        let config: Config = builder.build()?.try_deserialize()?;
+        let merged = builder.build()?;
+        let config = Config {
+            registry: part(&merged)?,
+            agent: part(&merged)?,
+        };
         config.validate()
     }
 
     fn validate(self) -> Result<Config, ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.ttl < Duration::from_secs(1) {
-            return bad(format!("--ttl {:?} is below the 1s minimum", self.ttl));
+        let (r, a) = (&self.registry, &self.agent);
+        if a.ttl < Duration::from_secs(1) {
+            return bad(format!("--ttl {:?} is below the 1s minimum", a.ttl));
         }
-        if self.registry == RegistryKind::Etcd && self.ttl < Duration::from_secs(2) {
+        if r.registry == RegistryKind::Etcd && a.ttl < Duration::from_secs(2) {
             return bad(format!(
                 "--ttl {:?} is below etcd's 2s minimum lease",
-                self.ttl
+                a.ttl
             ));
         }
-        if self.etcd_endpoints.is_empty() {
+        if r.etcd_endpoints.is_empty() {
             return bad("--etcd-endpoints is empty".into());
         }
-        if !self.etcd_prefix.starts_with('/') {
+        if !r.etcd_prefix.starts_with('/') {
             return bad(format!(
                 "--etcd-prefix {:?} must start with '/'",
-                self.etcd_prefix
+                r.etcd_prefix
             ));
         }
-        if self.etcd_user.is_some() != self.etcd_password.is_some() {
+        if r.etcd_user.is_some() != r.etcd_password.is_some() {
             return bad(
                 "--etcd-user needs a password (BERTH_ETCD_PASSWORD or etcd_password in the config file), and a password needs a user".into(),
             );
         }
-        if self.resync < Duration::from_secs(1) {
-            return bad(format!(
-                "--resync {:?} is below the 1s minimum",
-                self.resync
-            ));
+        if a.resync < Duration::from_secs(1) {
+            return bad(format!("--resync {:?} is below the 1s minimum", a.resync));
         }
-        if self.deregister_critical_after < self.ttl {
+        if a.deregister_critical_after < a.ttl {
             return bad(format!(
                 "--deregister-critical-after {:?} is shorter than --ttl {:?}",
-                self.deregister_critical_after, self.ttl
+                a.deregister_critical_after, a.ttl
             ));
         }
-        if self.docker_timeout.is_zero() {
+        if a.docker_timeout.is_zero() {
             return bad("docker_timeout must be positive".into());
         }
-        if self.concurrency == 0 {
-            return bad("concurrency must be at least 1".into());
+        if a.concurrency == 0 {
+            return bad("--concurrency must be at least 1".into());
         }
-        if self.probe_concurrency == 0 {
+        if a.probe_concurrency == 0 {
             return bad("--probe-concurrency must be at least 1".into());
         }
-        if self.autoheal_failures == 0 {
+        if a.autoheal_failures == 0 {
             return bad("--autoheal-failures must be at least 1".into());
         }
-        if self.autoheal_max_restarts == 0 {
+        if a.autoheal_max_restarts == 0 {
             return bad("--autoheal-max-restarts must be at least 1 (leave the autoheal label off to disable self-healing)".into());
         }
-        if self.autoheal_window < self.autoheal_cooldown {
+        if a.autoheal_window < a.autoheal_cooldown {
             return bad(format!(
                 "--autoheal-window {:?} is shorter than --autoheal-cooldown {:?}",
-                self.autoheal_window, self.autoheal_cooldown
+                a.autoheal_window, a.autoheal_cooldown
             ));
         }
-        if let Some(n) = &self.node_name
+        if let Some(n) = &a.node_name
             && (n.trim().is_empty() || n.contains('/'))
         {
             return bad(format!(
                 "--node-name {n:?} must be non-empty and contain no '/'"
             ));
         }
-        if self.network.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        if a.network.as_deref().is_some_and(|n| n.trim().is_empty()) {
             return bad("--network must not be empty".into());
         }
         Ok(self)
     }
 
-    /// The configuration `berth lookup` uses: the registry settings of `args` merged with
-    /// the environment and config file exactly as `berth run` merges them.
-    pub fn load_registry(args: &RegistryArgs, env: &dyn Env) -> Result<Config, ConfigError> {
-        let run = RunArgs {
-            registry: args.clone(),
-            ..RunArgs::default()
-        };
-        Config::load(&run, env)
-    }
-
     /// How often each instance is heartbeated: a third of the TTL.
     pub fn heartbeat_interval(&self) -> Duration {
-        self.ttl / 3
+        self.agent.ttl / 3
     }
+
+    /// The backend this configuration selects, as node `node`'s client. Connects to nothing
+    /// yet.
+    pub fn registry(&self, node: &str) -> Result<Registry, RegistryError> {
+        let (r, a) = (&self.registry, &self.agent);
+        // A write must fail before the next heartbeat is due, never pile up.
+        let request_timeout = self
+            .heartbeat_interval()
+            .clamp(Duration::from_millis(300), Duration::from_secs(5));
+        Ok(match r.registry {
+            RegistryKind::Consul => Registry::Consul(ConsulRegistry::new(ConsulConfig {
+                addr: r.consul_addr.clone(),
+                node: node.to_owned(),
+                token: r.consul_token.clone(),
+                ca_cert: r.consul_cacert.clone(),
+                client_cert: r.consul_client_cert.clone(),
+                client_key: r.consul_client_key.clone(),
+                tls_skip_verify: r.consul_tls_skip_verify,
+                ttl: a.ttl,
+                deregister_critical_after: a.deregister_critical_after,
+                request_timeout,
+            })?),
+            RegistryKind::Etcd => Registry::Etcd(EtcdRegistry::new(EtcdConfig {
+                endpoints: r.etcd_endpoints.clone(),
+                prefix: r.etcd_prefix.clone(),
+                node: node.to_owned(),
+                user: r.etcd_user.clone(),
+                password: r.etcd_password.clone(),
+                ca_cert: r.etcd_cacert.clone(),
+                client_cert: r.etcd_cert.clone(),
+                client_key: r.etcd_key.clone(),
+                ttl: a.ttl,
+                request_timeout,
+            })?),
+        })
+    }
+}
+
+/// One part of the configuration, read from the merged sources (keys of other parts are
+/// left to them).
+fn part<T: DeserializeOwned>(merged: &config::Config) -> Result<T, ConfigError> {
+    Ok(merged.clone().try_deserialize()?)
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    fn args(argv: &[&str]) -> RunArgs {
-        let mut full = vec!["berth", "run"];
-        full.extend_from_slice(argv);
-        match Cli::try_parse_from(full).unwrap().command {
-            Command::Run(a) => *a,
-            Command::Lookup(_) => unreachable!("parsed `run`"),
-        }
-    }
-
-    #[test]
-    fn defaults() {
-        let c = Config::load(&args(&[]), &env(&[])).unwrap();
-        assert_eq!(c.consul_addr, "http://127.0.0.1:8500");
-        assert_eq!(c.ttl, Duration::from_secs(15));
-        assert_eq!(c.heartbeat_interval(), Duration::from_secs(5));
-        assert_eq!(c.resync, Duration::from_secs(30));
-        assert_eq!(c.deregister_critical_after, Duration::from_secs(60));
-        assert!(!c.internal && !c.explicit && !c.deregister_on_exit);
-        assert_eq!(c.log_format, LogFormat::Plain);
-    }
-
-    #[test]
-    fn flags_beat_env_beat_consul_env_beat_file() {
-        let dir = std::env::temp_dir().join(format!("berth-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("berth.toml");
-        std::fs::write(
-            &file,
-            "ttl = \"9s\"\nnode_name = \"from-file\"\nconsul_addr = \"http://file:8500\"\nexplicit = true\n",
-        )
-        .unwrap();
-        let e = env(&[
-            ("BERTH_NODE_NAME", "from-env"),
-            ("CONSUL_HTTP_ADDR", "consul-env:8500"),
-            ("CONSUL_HTTP_TOKEN", "secret"),
-            ("BERTH_TTL", "12s"),
-        ]);
-        let a = args(&["--config", file.to_str().unwrap(), "--ttl", "20s"]);
-        let c = Config::load(&a, &e).unwrap();
-        assert_eq!(c.ttl, Duration::from_secs(20), "flag wins");
-        assert_eq!(
-            c.node_name.as_deref(),
-            Some("from-env"),
-            "BERTH_ env beats file"
-        );
-        assert_eq!(
-            c.consul_addr, "consul-env:8500",
-            "CONSUL_HTTP_ADDR beats file"
-        );
-        assert_eq!(c.consul_token.as_deref(), Some("secret"));
-        assert!(c.explicit, "file value used when nothing else sets it");
-
-        let c = Config::load(&a, &env(&[("BERTH_CONSUL_ADDR", "http://berth:1")])).unwrap();
-        assert_eq!(c.consul_addr, "http://berth:1");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn yaml_file_and_bool_flags() {
-        let dir = std::env::temp_dir().join(format!("berth-cfg-y-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("berth.yaml");
-        std::fs::write(&file, "internal: true\nnetwork: backend\nresync: 1m\n").unwrap();
-        let c = Config::load(
-            &args(&[
-                "--config",
-                file.to_str().unwrap(),
-                "--explicit",
-                "--internal=false",
-            ]),
-            &env(&[]),
-        )
-        .unwrap();
-        assert!(!c.internal, "--internal=false overrides the file");
-        assert!(c.explicit);
-        assert_eq!(c.network.as_deref(), Some("backend"));
-        assert_eq!(c.resync, Duration::from_secs(60));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn env_values_keep_their_text_and_bools_parse() {
-        let c = Config::load(
-            &args(&[]),
-            &env(&[
-                ("BERTH_NODE_NAME", "007"),
-                ("BERTH_INTERNAL", "true"),
-                ("BERTH_CONCURRENCY", "4"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.node_name.as_deref(), Some("007"));
-        assert!(c.internal);
-        assert_eq!(c.concurrency, 4);
-    }
-
-    #[test]
-    fn consul_ssl_env_adds_scheme() {
-        let c = Config::load(
-            &args(&[]),
-            &env(&[
-                ("CONSUL_HTTP_ADDR", "consul:8501"),
-                ("CONSUL_HTTP_SSL", "true"),
-                ("CONSUL_HTTP_SSL_VERIFY", "false"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.consul_addr, "https://consul:8501");
-        assert!(c.consul_tls_skip_verify);
-    }
-
-    #[test]
-    fn bad_values_are_one_clear_line() {
-        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-        let cases: &[Case<'_>] = &[
-            (&["--ttl", "banana"], &[], "ttl"),
-            (&["--ttl", "500ms"], &[], "below the 1s minimum"),
-            (&["--host-ip", "not-an-ip"], &[], "host_ip"),
-            (&["--registry", "zookeeper"], &[], "registry"),
-            (&["--registry", "etcd", "--ttl", "1s"], &[], "2s minimum"),
-            (&["--etcd-prefix", "berth"], &[], "must start with '/'"),
-            (&["--etcd-user", "root"], &[], "needs a password"),
-            (&["--log-format", "xml"], &[], "log_format"),
-            (&[], &[("BERTH_RESYNC", "0s")], "resync"),
-            (
-                &["--ttl", "30s", "--deregister-critical-after", "10s"],
-                &[],
-                "shorter than --ttl",
-            ),
-            (
-                &["--config", "/nonexistent/berth.toml"],
-                &[],
-                "does not exist",
-            ),
-            (&["--node-name", "a/b"], &[], "node-name"),
-        ];
-        for (argv, e, want) in cases {
-            let err = Config::load(&args(argv), &env(e))
-                .expect_err(want)
-                .to_string();
-            assert!(
-                err.contains(want),
-                "{argv:?}: {err:?} should mention {want:?}"
-            );
-            assert!(!err.contains('\n'), "one line: {err:?}");
-        }
-    }
-
-    #[test]
-    fn etcd_settings_from_flags_env_and_file() {
-        let c = Config::load(&args(&["--registry", "etcd"]), &env(&[])).unwrap();
-        assert_eq!(c.registry, RegistryKind::Etcd);
-        assert_eq!(c.etcd_endpoints, ["http://127.0.0.1:2379"]);
-        assert_eq!(c.etcd_prefix, "/berth");
-
-        let a = args(&[
-            "--registry",
-            "etcd",
-            "--etcd-endpoints",
-            "http://a:2379,http://b:2379",
-            "--etcd-endpoints",
-            "http://c:2379",
-            "--etcd-prefix",
-            "/svc",
-        ]);
-        let c = Config::load(&a, &env(&[("ETCDCTL_ENDPOINTS", "http://ignored:1")])).unwrap();
-        assert_eq!(
-            c.etcd_endpoints,
-            ["http://a:2379", "http://b:2379", "http://c:2379"]
-        );
-        assert_eq!(c.etcd_prefix, "/svc");
-
-        let c = Config::load(
-            &args(&[]),
-            &env(&[
-                ("ETCDCTL_ENDPOINTS", "http://x:2379,http://y:2379"),
-                ("ETCDCTL_USER", "root:pw"),
-                ("BERTH_ETCD_PREFIX", "/p"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.etcd_endpoints, ["http://x:2379", "http://y:2379"]);
-        assert_eq!(c.etcd_user.as_deref(), Some("root"));
-        assert_eq!(c.etcd_password.as_deref(), Some("pw"));
-        assert_eq!(c.etcd_prefix, "/p");
-
-        let dir = std::env::temp_dir().join(format!("berth-cfg-e-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("berth.yaml");
-        std::fs::write(
-            &file,
-            "registry: etcd\netcd_endpoints:\n  - http://f1:2379\n  - http://f2:2379\netcd_user: u\netcd_password: p\n",
-        )
-        .unwrap();
-        let c = Config::load(&args(&["--config", file.to_str().unwrap()]), &env(&[])).unwrap();
-        assert_eq!(c.etcd_endpoints, ["http://f1:2379", "http://f2:2379"]);
-        assert_eq!(c.etcd_password.as_deref(), Some("p"));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn lookup_parses_and_shares_the_registry_settings() {
-        let cli = Cli::try_parse_from([
-            "berth",
-            "lookup",
-            "web",
-            "--passing",
-            "--json",
-            "--registry",
-            "etcd",
-            "--etcd-prefix",
-            "/x",
-        ])
-        .unwrap();
-        let Command::Lookup(l) = cli.command else {
-            panic!("not lookup")
-        };
-        assert!(l.passing && l.json);
-        assert_eq!(l.service, "web");
-        let c = Config::load_registry(&l.registry, &env(&[])).unwrap();
-        assert_eq!(c.registry, RegistryKind::Etcd);
-        assert_eq!(c.etcd_prefix, "/x");
-    }
-
-    #[test]
-    fn unknown_file_keys_are_rejected() {
-        let dir = std::env::temp_dir().join(format!("berth-cfg-u-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("berth.toml");
-        std::fs::write(&file, "tll = \"9s\"\n").unwrap();
-        let err = Config::load(&args(&["--config", file.to_str().unwrap()]), &env(&[]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("tll"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

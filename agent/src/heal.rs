@@ -21,8 +21,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::docker::DockerClient;
-use crate::probe::Prober;
+use crate::docker::Docker;
+
+/// Told of every restart that succeeded: the container id and a one-line note saying why,
+/// for the health output (`app` wires it to the prober).
+pub type OnRestart = Arc<dyn Fn(&str, String) + Send + Sync>;
 
 /// Restart `container` because of `reason`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,22 +108,23 @@ impl Limits {
 }
 
 /// The self-healing task.
-pub async fn run<P: crate::probe::exec::Probe>(
-    docker: DockerClient,
-    prober: Arc<Prober<P>>,
+pub async fn run(
+    docker: Docker,
     options: Options,
     mut requests: mpsc::Receiver<Request>,
+    on_restart: OnRestart,
     cancel: CancellationToken,
 ) {
     let mut limits = Limits::default();
     let mut total: u64 = 0;
-    let mut restarts = JoinSet::new();
+    let mut restarts: JoinSet<Option<String>> = JoinSet::new();
+    let window = humantime::format_duration(options.window).to_string();
     loop {
         let req = tokio::select! {
             _ = cancel.cancelled() => break,
             Some(done) = restarts.join_next() => {
                 if let Ok(Some(container)) = done {
-                    debug!(container = %container, "autoheal: restart finished");
+                    debug!(container.id = %crate::docker::short_id(&container), "autoheal: restart finished");
                 }
                 continue;
             }
@@ -131,49 +135,49 @@ pub async fn run<P: crate::probe::exec::Probe>(
         };
         let now = Instant::now();
         limits.prune(&options, now);
-        let short = crate::docker::short_id(&req.container);
+        let short = crate::docker::short_id(&req.container).to_owned();
         match limits.decide(&options, &req.container, now) {
             Decision::Cooldown => {
-                debug!(container = %req.name, "autoheal: in cooldown; not restarting yet");
+                debug!(container.name = %req.name, "autoheal: in cooldown; not restarting yet");
             }
             Decision::Limit { first: true } => warn!(
-                "autoheal: restart limit reached for container {} ({short}): {} restarts within \
-                 {}; not restarting it again until the window moves on",
-                req.name,
-                options.max_restarts,
-                humantime::format_duration(options.window)
+                container.name = %req.name,
+                container.id = %short,
+                max_restarts = options.max_restarts,
+                window = %window,
+                "autoheal restart limit reached; not restarting until the window moves on"
             ),
             Decision::Limit { first: false } => {}
             Decision::Restart { n } => {
                 total += 1;
                 warn!(
+                    container.name = %req.name,
+                    container.id = %short,
+                    restart = n,
+                    max_restarts = options.max_restarts,
+                    window = %window,
+                    reason = %req.reason,
                     restarts_total = total,
-                    "autoheal: restarting container {} ({short}), restart {n} of at most {} \
-                     within {}: {}",
-                    req.name,
-                    options.max_restarts,
-                    humantime::format_duration(options.window),
-                    req.reason
+                    "autoheal restarting container"
                 );
                 let note = format!(
-                    "autoheal: restarted by berth (restart {n} of at most {} per {}) because {}",
+                    "autoheal: restarted by berth (restart {n} of at most {} per {window}) because {}",
                     options.max_restarts,
-                    humantime::format_duration(options.window),
                     req.reason.lines().next().unwrap_or_default()
                 );
                 let docker = docker.clone();
-                let prober = prober.clone();
+                let on_restart = on_restart.clone();
                 restarts.spawn(async move {
                     match docker.restart(&req.container).await {
                         Ok(()) => {
-                            prober.restarted(&req.container, note);
+                            on_restart(&req.container, note);
                             Some(req.container)
                         }
                         Err(e) => {
                             warn!(
-                                "autoheal: restarting container {} failed: {}",
-                                req.name,
-                                crate::telemetry::chain(&e)
+                                container.name = %req.name,
+                                error = %crate::telemetry::chain(&e),
+                                "autoheal restart failed"
                             );
                             None
                         }

@@ -1,9 +1,10 @@
 //! The berth agent as a library, so in-process tests can drive it.
 //!
-//! Where to start: [`app`] wires the tasks; [`docker`] is where events enter; [`labels`]
-//! decides what a container registers; [`reconcile`] plans and applies registry writes and
-//! runs the heartbeats. `docs/ARCHITECTURE.md` has the map.
+//! Where to start: [`app`] wires the tasks; [`source`] is where Docker events enter, through
+//! the [`docker`] seam; [`labels`] decides what a container registers; [`reconcile`] plans and
+//! applies registry writes and runs the heartbeats. `docs/ARCHITECTURE.md` has the map.
 pub mod app;
+pub mod backoff;
 pub mod config;
 pub mod docker;
 pub mod heal;
@@ -12,4 +13,5 @@ pub mod labels;
 pub mod lookup;
 pub mod probe;
 pub mod reconcile;
+pub mod source;
 pub mod telemetry;

@@ -59,9 +59,9 @@ pub async fn lookup(
     service: &str,
     passing_only: bool,
 ) -> Result<Vec<Row>, LookupError> {
-    // The node only names an etcd index that lookups never write.
-    let node = config.node_name.as_deref().unwrap_or("lookup");
-    let registry = crate::app::registry(config, node).map_err(|source| LookupError {
+    // A lookup writes nothing: the node only names the client.
+    let node = config.agent.node_name.as_deref().unwrap_or("lookup");
+    let registry = config.registry(node).map_err(|source| LookupError {
         registry: "the configured registry".to_owned(),
         source,
     })?;
@@ -188,7 +188,7 @@ mod tests {
 
     #[tokio::test]
     async fn rows_are_sorted_and_filtered() {
-        let m = MemoryRegistry::new();
+        let m = MemoryRegistry::new("n1");
         m.insert_instance(inst("n2", "b", Status::Passing));
         m.insert_instance(inst("n1", "z", Status::Critical));
         m.insert_instance(inst("n1", "a", Status::Passing));

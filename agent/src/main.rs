@@ -1,12 +1,13 @@
-//! `berth`: telemetry → config (one line, exit 64 on error) → build → spawn → signal → drain.
+//! `berth`: configuration (one line, exit 64 on error) → telemetry → build → spawn → signal →
+//! drain.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use berth::app::App;
-use berth::config::{Cli, Command, Config, LookupArgs, ProcessEnv};
-use clap::Parser;
+use berth::config::{Config, Invocation, ParseError, ProcessEnv};
+use berth::telemetry::chain;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -17,36 +18,40 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
+    let invocation = match berth::config::parse(std::env::args_os(), &ProcessEnv) {
+        Ok(i) => i,
+        Err(ParseError::Args(e)) if !e.use_stderr() => {
             // --help and --version.
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+        Err(ParseError::Args(e))
+            if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
             let _ = e.print();
             return ExitCode::from(EXIT_CONFIG);
         }
-        Err(e) => {
+        Err(ParseError::Args(e)) => {
             let first = e.to_string();
             let line = first.lines().next().unwrap_or("invalid arguments");
             eprintln!("berth: {}", line.trim_start_matches("error: "));
             return ExitCode::from(EXIT_CONFIG);
         }
-    };
-    let args = match cli.command {
-        Command::Run(args) => args,
-        Command::Lookup(args) => return lookup(*args),
-    };
-    let config = match Config::load(&args, &ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("berth: {e}");
+        Err(ParseError::Config(e)) => {
+            eprintln!("berth: {}", chain(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    berth::telemetry::init(config.log_format);
+    let config = match invocation {
+        Invocation::Run(config) => *config,
+        Invocation::Lookup {
+            service,
+            passing,
+            json,
+            config,
+        } => return lookup(&config, &service, passing, json),
+    };
+    berth::telemetry::init(config.agent.log_format);
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -68,22 +73,15 @@ fn main() -> ExitCode {
 }
 
 /// `berth lookup`: one registry read, printed; exit 1 with one line when it fails.
-fn lookup(args: LookupArgs) -> ExitCode {
-    let config = match Config::load_registry(&args.registry, &ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("berth: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+fn lookup(config: &Config, service: &str, passing: bool, json: bool) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")
         .and_then(|rt| {
-            let rows = rt.block_on(berth::lookup::lookup(&config, &args.service, args.passing));
-            Ok(rows?)
+            let rows = rt.block_on(berth::lookup::lookup(config, service, passing));
+            rows.map_err(|e| anyhow::anyhow!(chain(&e)))
         });
     let rows = match result {
         Ok(rows) => rows,
@@ -92,12 +90,12 @@ fn lookup(args: LookupArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if rows.is_empty() && !args.json {
-        eprintln!("berth: no instances of {}", args.service);
+    if rows.is_empty() && !json {
+        eprintln!("berth: no instances of {service}");
     }
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
-    let out = berth::lookup::render(&rows, args.json);
+    let out = berth::lookup::render(&rows, json);
     if stdout
         .write_all(out.as_bytes())
         .and_then(|()| stdout.flush())
@@ -117,11 +115,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let signals = tokio::spawn(shutdown_signal(cancel.clone()));
 
-    let app = match App::build(config, &cancel).await {
+    let app = match App::build(config, &cancel, &tracker).await {
         Err(berth::app::BuildError::Cancelled) => return Ok(()),
-        built => built.context("cannot start")?,
+        built => built
+            .map_err(|e| anyhow::anyhow!(chain(&e)))
+            .context("cannot start")?,
     };
-    app.spawn(&tracker, cancel.clone());
+    app.spawn(cancel.clone());
     tracker.close();
 
     tokio::select! {

@@ -21,19 +21,19 @@ pub fn init(format: LogFormat) {
     }
 }
 
-/// An error and its sources on one line (`a: b: c`), for log fields.
+/// An error and its sources on one line (`a: b: c`), for log fields and for the one line a
+/// user reads. Each of berth's errors says only what its own layer knows and leaves the
+/// rest to its source, so nothing repeats.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
+        out.push_str(": ");
+        out.push_str(&s.to_string());
         source = s.source();
     }
-    out
+    // Some sources (hyper, bollard) put a newline in a message; a log field stays one line.
+    out.replace('\n', " ")
 }
 
 #[cfg(test)]

@@ -1,26 +1,28 @@
 //! In-process agent tests: the real Docker engine, the in-memory registry.
 //!
-//! These prove the reconcile path without Consul: a burst of containers started at once is
-//! registered completely and removed completely, a resync that finds nothing changed writes
-//! nothing, startup removes stale entries and nothing else, and registry outages and losses
-//! are repaired. The same behaviours against real Consul are in `tests/tests/`.
+//! These prove the reconcile path against a real engine without Consul: a burst of containers
+//! started at once is registered completely and removed completely, a resync that finds
+//! nothing changed writes nothing, startup removes stale entries and nothing else, and
+//! registry outages and losses are repaired by the retries and the heartbeat, not by a
+//! resync. The same behaviours against real Consul and etcd are in `tests/tests/`; the
+//! mechanisms one by one, on paused time, in `agent/src/reconcile/tests.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use berth::app::App;
-use berth::config::{Cli, Command, Config};
+use berth::config::{Config, Invocation};
 use berth_e2e::docker::{self, Container};
-use berth_registry::memory::{Entry, MemoryRegistry};
+use berth_registry::memory::{Entry, MemoryRegistry, Op};
 use berth_registry::{Health, Instance, Origin, Registry};
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 const BURST: usize = 40;
 
-fn config(node: &str) -> Config {
+/// `berth run` as node `node`, with a TTL of 3 s and the given resync period.
+fn config(node: &str, resync: &str) -> Config {
     let argv = [
         "berth",
         "run",
@@ -29,14 +31,14 @@ fn config(node: &str) -> Config {
         "--host-ip",
         "127.0.0.1",
         "--resync",
-        "1s",
+        resync,
         "--ttl",
         "3s",
     ];
-    let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
-        panic!("parsed `run`")
-    };
-    Config::load(&args, &HashMap::<String, String>::new()).unwrap()
+    match berth::config::parse(argv, &HashMap::<String, String>::new()).unwrap() {
+        Invocation::Run(c) => *c,
+        other => panic!("parsed {other:?}"),
+    }
 }
 
 /// A running in-process agent; cancelled and drained by [`Running::stop`].
@@ -45,14 +47,22 @@ struct Running {
     tracker: TaskTracker,
 }
 
-async fn start(node: &str, memory: &MemoryRegistry) -> Running {
+/// The agent on the real engine and `memory` (whose node must be `node`), resyncing every
+/// `resync`.
+async fn start(node: &str, memory: &MemoryRegistry, resync: &str) -> Running {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    assert_eq!(memory.node(), node);
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let app = App::with_registry(config(node), Registry::Memory(memory.clone()), &cancel)
-        .await
-        .unwrap();
-    app.spawn(&tracker, cancel.clone());
+    let app = App::with_registry(
+        config(node, resync),
+        Registry::Memory(memory.clone()),
+        &cancel,
+        &tracker,
+    )
+    .await
+    .unwrap();
+    app.spawn(cancel.clone());
     tracker.close();
     Running { cancel, tracker }
 }
@@ -93,8 +103,8 @@ async fn a_burst_of_containers_is_registered_completely_and_removed_completely()
     let test = "burst";
     let service = docker::unique_name(test);
     let node = format!("node-{service}");
-    let memory = MemoryRegistry::new();
-    let agent = start(&node, &memory).await;
+    let memory = MemoryRegistry::new(&node);
+    let agent = start(&node, &memory, "1s").await;
 
     // Start every container at once, from parallel threads.
     let label = format!("SERVICE_NAME={service}");
@@ -172,7 +182,7 @@ async fn startup_removes_stale_entries_of_this_node_only() {
     let test = "stale";
     let service = docker::unique_name(test);
     let node = format!("node-{service}");
-    let memory = MemoryRegistry::new();
+    let memory = MemoryRegistry::new(&node);
     let c = httpd(test, &service).await;
 
     // Left by an earlier run: a container that no longer exists, plus the live one's entry.
@@ -198,7 +208,7 @@ async fn startup_removes_stale_entries_of_this_node_only() {
     memory.insert_instance(other_node.clone());
     memory.insert_foreign("someone-elses-service");
 
-    let agent = start(&node, &memory).await;
+    let agent = start(&node, &memory, "1s").await;
     let live_id = format!("{node}:{}:80", c.name);
     wait_until(
         "stale removed and live registered",
@@ -225,37 +235,58 @@ async fn startup_removes_stale_entries_of_this_node_only() {
     drop(c);
 }
 
+/// With a resync that never comes during the test, only the retries repair an outage and
+/// only the heartbeat repairs a registry that forgot everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_registry_outage_and_a_registry_that_forgets_are_repaired() {
+async fn a_registry_outage_and_a_registry_that_forgets_are_repaired_without_a_resync() {
     let test = "outage";
     let service = docker::unique_name(test);
     let node = format!("node-{service}");
-    let memory = MemoryRegistry::new();
-    let agent = start(&node, &memory).await;
+    let memory = MemoryRegistry::new(&node);
+    let agent = start(&node, &memory, "1h").await;
 
-    // Down while the container starts: the write fails and is retried with backoff.
+    // Down while the container starts: the write fails, and is retried with backoff.
     memory.set_unavailable(true);
     let c = httpd(test, &service).await;
     let id = format!("{node}:{}:80", c.name);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(memory.get(&id).is_none());
+    let failed = |m: &MemoryRegistry| {
+        m.calls()
+            .iter()
+            .filter(|call| call.op == Op::Register && call.id == id && !call.ok)
+            .count()
+    };
+    wait_until("a first failed attempt", Duration::from_secs(10), || {
+        failed(&memory) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Retries after 0.25–0.5 s, then 0.5–1 s, then 1–2 s: three or four attempts in these
+    // 3 s, plus one for each of the container's own events (start, network connect) that
+    // arrives meanwhile; retrying without a backoff would make thousands.
+    let during = failed(&memory);
+    assert!(
+        (2..=8).contains(&during),
+        "{during} failed register attempts in the first 3 s of the outage"
+    );
     memory.set_unavailable(false);
     wait_until(
-        "registered after the outage",
-        Duration::from_secs(30),
+        "registered by a retry after the outage",
+        Duration::from_secs(20),
         || memory.get(&id).is_some(),
     )
     .await;
 
     // The registry forgets everything (a Consul dev agent restart): the next heartbeat
-    // notices and the container is registered again.
+    // (every ttl/3 = 1 s) finds the instance gone and it is registered again.
+    let registers = memory.registers_of(&id);
     memory.clear();
     wait_until(
         "registered again after the registry forgot it",
-        Duration::from_secs(20),
+        Duration::from_secs(5),
         || memory.get(&id).is_some(),
     )
     .await;
+    assert_eq!(memory.registers_of(&id), registers + 1);
     assert_eq!(named(&memory, &service).len(), 1);
     agent.stop().await;
     drop(c);
@@ -266,8 +297,8 @@ async fn a_container_recreated_under_the_same_name_stays_registered() {
     let test = "recreate";
     let service = docker::unique_name(test);
     let node = format!("node-{service}");
-    let memory = MemoryRegistry::new();
-    let agent = start(&node, &memory).await;
+    let memory = MemoryRegistry::new(&node);
+    let agent = start(&node, &memory, "1s").await;
 
     let first = httpd(test, &service).await;
     let name = first.name.clone();
@@ -333,8 +364,8 @@ async fn a_renamed_container_moves_to_its_new_id() {
     let test = "rename";
     let service = docker::unique_name(test);
     let node = format!("node-{service}");
-    let memory = MemoryRegistry::new();
-    let agent = start(&node, &memory).await;
+    let memory = MemoryRegistry::new(&node);
+    let agent = start(&node, &memory, "1s").await;
 
     let c = httpd(test, &service).await;
     let old_id = format!("{node}:{}:80", c.name);

@@ -4,7 +4,7 @@
 //! It carries everything a backend needs to write it, and everything the reconciler needs to
 //! recognise it again when it reads the registry back ([`Origin`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,14 @@ pub const META_IMAGE: &str = "berth-image";
 
 /// Prefix reserved for berth's own meta keys; user meta never uses it.
 pub const META_RESERVED_PREFIX: &str = "berth-";
+/// Every meta key berth adds to a registration ([`Instance::registry_meta`]).
+pub const OWN_META_KEYS: [&str; 5] = [
+    META_MANAGED,
+    META_NODE,
+    META_CONTAINER_ID,
+    META_CONTAINER_NAME,
+    META_IMAGE,
+];
 
 /// Where an instance comes from: the node that owns it and the container behind it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -36,7 +44,7 @@ pub struct Origin {
     pub image: String,
 }
 
-/// Health of an instance as berth reports it through the heartbeat.
+/// How an instance is doing, as its probes or Docker's HEALTHCHECK report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -106,8 +114,8 @@ pub struct Instance {
 impl Instance {
     /// True when `other` would be written to the registry identically, health aside.
     ///
-    /// Health travels through the heartbeat, never through a re-registration, so a health
-    /// change alone must not cause a register call.
+    /// A health change alone is written by [`Registry::set_health`](crate::Registry::set_health),
+    /// never by a re-registration, so it must not cause a register call.
     pub fn same_registration(&self, other: &Instance) -> bool {
         self.id == other.id
             && self.name == other.name
@@ -173,6 +181,19 @@ impl Instance {
     }
 }
 
+/// What a registry holds on this node.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Listing {
+    /// Instances written by berth for the asking node.
+    pub owned: Vec<Instance>,
+    /// Ids of every other entry: other tools' services and other berth nodes' instances.
+    /// berth never writes or removes these.
+    pub foreign_ids: BTreeSet<String>,
+    /// Owned instances the registry will drop unless they are written again, even though
+    /// nothing about them changed (etcd: keys held by a previous agent process's lease).
+    pub stale: BTreeSet<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +229,20 @@ mod tests {
             i.health.clone(),
         );
         assert_eq!(back, Some(i));
+    }
+
+    #[test]
+    fn own_meta_keys_are_exactly_the_ones_added() {
+        let i = sample();
+        let meta = i.registry_meta();
+        let added: Vec<&str> = meta
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !i.meta.contains_key(*k))
+            .collect();
+        let mut own = OWN_META_KEYS.to_vec();
+        own.sort_unstable();
+        assert_eq!(added, own);
     }
 
     #[test]

@@ -1,29 +1,36 @@
 //! berth's registry side: the [`Instance`] model, the [`Registry`] a reconciler writes to, and
 //! its backends.
 //!
-//! Start at [`Registry`]. Backends are a closed set dispatched with `match`; each one
-//! implements the same six operations with the same contract:
+//! Start at [`Registry`]. Backends are a closed set dispatched with `match`. A `Registry` is
+//! one node's client: it is built for the node whose instances it writes (`--node-name`), and
+//! every backend keeps the same contract, which `contract` (feature `contract`) checks against
+//! each of them:
 //!
-//! - [`Registry::list`] reads what is registered on this node, split into instances owned by
-//!   this berth node and ids that belong to anyone else;
-//! - [`Registry::register`] creates or replaces one instance (idempotent);
-//! - [`Registry::deregister`] removes one instance (removing a missing one succeeds);
-//! - [`Registry::heartbeat`] refreshes the instance's TTL, answering
-//!   [`RegistryError::NotFound`] when the registry has lost the instance;
-//! - [`Registry::set_health`] reports a new health for the instance (same `NotFound`);
+//! - [`Registry::list`] reads what is registered, split into instances this node owns and
+//!   ids that belong to anyone else;
+//! - [`Registry::register`] creates or replaces one instance of this node (idempotent); an id
+//!   another node or tool holds is refused with [`RegistryError::Rejected`] and left as it is;
+//! - [`Registry::deregister`] removes one instance of this node; removing a missing one, or
+//!   one that is not this node's, succeeds and changes nothing;
+//! - [`Registry::heartbeat`] keeps the instance alive, answering [`RegistryError::NotFound`]
+//!   when the registry has lost it;
+//! - [`Registry::set_health`] writes a new health for the instance (same `NotFound`);
+//! - [`Registry::maintain`] is the backend's own background upkeep (etcd: the lease
+//!   keep-alive); it reports a wholesale loss of this node's registrations;
 //! - [`Registry::describe`] names the backend and its address for logs.
 //!
 //! Besides these, [`Registry::lookup`] reads every node's instances of one service (for
-//! `berth lookup`), and [`Registry::maintain`] is the backend's own background upkeep (etcd:
-//! the lease keep-alive).
+//! `berth lookup`). [`limits`] says what every backend accepts.
 
 pub mod consul;
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
 mod error;
 pub mod etcd;
 mod instance;
+pub mod limits;
 pub mod memory;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -31,62 +38,51 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::RegistryError;
 pub use instance::{
-    Health, Instance, META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_MANAGED, META_NODE,
-    META_RESERVED_PREFIX, Origin, Status,
+    Health, Instance, Listing, META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_MANAGED,
+    META_NODE, META_RESERVED_PREFIX, OWN_META_KEYS, Origin, Status,
 };
 
-/// What a registry holds on this node.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Listing {
-    /// Instances written by berth for the asking node.
-    pub owned: Vec<Instance>,
-    /// Ids of every other entry: other tools' services and other berth nodes' instances.
-    /// berth never writes or removes these.
-    pub foreign_ids: BTreeSet<String>,
-    /// Owned instances the registry will drop unless they are written again, even though
-    /// nothing about them changed (etcd: keys held by a previous agent process's lease).
-    pub stale: BTreeSet<String>,
-}
-
-/// The registry berth keeps exact. A closed set of backends.
+/// The registry berth keeps exact, as one node's client. A closed set of backends.
 #[derive(Debug, Clone)]
 pub enum Registry {
     Consul(consul::ConsulRegistry),
     Etcd(etcd::EtcdRegistry),
-    /// In-process registry for unit tests of the reconcile logic and dry runs.
+    /// In-process, with the same contract: the reconciler's unit tests and the in-process
+    /// agent tests run on it, with faults injected. No configuration selects it.
     Memory(memory::MemoryRegistry),
 }
 
 impl Registry {
     /// Lists the entries visible to this node, split by ownership.
-    pub async fn list(&self, node: &str) -> Result<Listing, RegistryError> {
+    pub async fn list(&self) -> Result<Listing, RegistryError> {
         match self {
-            Registry::Consul(c) => c.list(node).await,
-            Registry::Etcd(e) => e.list(node).await,
-            Registry::Memory(m) => m.list(node),
+            Registry::Consul(c) => c.list().await,
+            Registry::Etcd(e) => e.list().await,
+            Registry::Memory(m) => m.list().await,
         }
     }
 
-    /// Creates or replaces `instance`, with a TTL check/lease whose initial state is
-    /// `instance.health`.
+    /// Creates or replaces `instance`, alive (a fresh TTL or the current lease) and with
+    /// `instance.health`. Refuses an id that is not this node's.
     pub async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
         match self {
             Registry::Consul(c) => c.register(instance).await,
             Registry::Etcd(e) => e.register(instance).await,
-            Registry::Memory(m) => m.register(instance),
+            Registry::Memory(m) => m.register(instance).await,
         }
     }
 
-    /// Removes the instance `id`. Removing an id the registry does not know succeeds.
+    /// Removes this node's instance `id`. Removing an id the registry does not know, or one
+    /// another node or tool holds, succeeds and changes nothing.
     pub async fn deregister(&self, id: &str) -> Result<(), RegistryError> {
         match self {
             Registry::Consul(c) => c.deregister(id).await,
             Registry::Etcd(e) => e.deregister(id).await,
-            Registry::Memory(m) => m.deregister(id),
+            Registry::Memory(m) => m.deregister(id).await,
         }
     }
 
-    /// Refreshes the TTL of `id`. Carries no health: that is written by
+    /// Keeps `id` alive. Carries no health: that is written by
     /// [`set_health`](Registry::set_health) when it changes.
     ///
     /// Answers [`RegistryError::NotFound`] when the registry lost the instance; the caller
@@ -95,28 +91,28 @@ impl Registry {
         match self {
             Registry::Consul(c) => c.heartbeat(id).await,
             Registry::Etcd(e) => e.heartbeat(id).await,
-            Registry::Memory(m) => m.heartbeat(id),
+            Registry::Memory(m) => m.heartbeat(id).await,
         }
     }
 
-    /// Reports `health` for `id`; written at once, and only when it differs from what the
-    /// backend last stored where the backend can tell (etcd).
+    /// Writes `health` for `id`; at once, and only when it differs from what the backend
+    /// last stored where the backend can tell (etcd).
     ///
     /// Answers [`RegistryError::NotFound`] when the registry lost the instance.
     pub async fn set_health(&self, id: &str, health: &Health) -> Result<(), RegistryError> {
         match self {
             Registry::Consul(c) => c.set_health(id, health).await,
             Registry::Etcd(e) => e.set_health(id, health).await,
-            Registry::Memory(m) => m.set_health(id, health),
+            Registry::Memory(m) => m.set_health(id, health).await,
         }
     }
 
-    /// A short description for logs, e.g. `consul at http://127.0.0.1:8500`.
+    /// A short description for logs, e.g. `consul agent at http://127.0.0.1:8500`.
     pub fn describe(&self) -> String {
         match self {
             Registry::Consul(c) => c.describe(),
             Registry::Etcd(e) => e.describe(),
-            Registry::Memory(_) => "in-memory registry".to_owned(),
+            Registry::Memory(m) => m.describe(),
         }
     }
 
@@ -130,17 +126,18 @@ impl Registry {
         match self {
             Registry::Consul(c) => c.lookup(service, passing_only).await,
             Registry::Etcd(e) => e.lookup(service, passing_only).await,
-            Registry::Memory(m) => Ok(m.lookup(service, passing_only)),
+            Registry::Memory(m) => m.lookup(service, passing_only).await,
         }
     }
 
     /// The backend's background upkeep, until `cancel` fires. It wakes `lost` when the
-    /// registry dropped this agent's registrations wholesale (an etcd lease was lost), so the
-    /// caller writes everything again. Consul and memory need none and wait for `cancel`.
+    /// registry dropped this node's registrations wholesale (an etcd lease was lost), so the
+    /// caller writes everything again. Consul needs no upkeep and waits for `cancel`.
     pub async fn maintain(&self, lost: Arc<Notify>, cancel: CancellationToken) {
         match self {
             Registry::Etcd(e) => e.keep_lease(lost, cancel).await,
-            Registry::Consul(_) | Registry::Memory(_) => cancel.cancelled().await,
+            Registry::Memory(m) => m.maintain(lost, cancel).await,
+            Registry::Consul(_) => cancel.cancelled().await,
         }
     }
 }

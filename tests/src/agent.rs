@@ -71,9 +71,12 @@ pub fn standard_args(consul_addr: &str, node: &str) -> Vec<String> {
     args
 }
 
-/// What every test agent gets whatever its registry.
+/// What every test agent gets whatever its registry. Logs are JSON, so tests assert on
+/// fields ([`Agent::records_with`]); failure messages render them as text lines.
 fn common_args(node: &str) -> Vec<String> {
     strings(&[
+        "--log-format",
+        "json",
         "--node-name",
         node,
         "--host-ip",
@@ -232,9 +235,28 @@ impl Agent {
         strip_ansi(&std::fs::read_to_string(&self.log_path).unwrap_or_default())
     }
 
-    /// The last `n` lines of the log.
+    /// The last `n` lines of the log, JSON records rendered as text lines.
     pub fn log_tail(&self, n: usize) -> String {
-        tail(&self.log(), n)
+        let text: Vec<String> = self.log().lines().map(render_line).collect();
+        tail(&text.join("\n"), n)
+    }
+
+    /// The log's JSON records (the agent runs with `--log-format json`); other lines, such
+    /// as a panic message, are left out.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(serde_json::Value::is_object)
+            .collect()
+    }
+
+    /// The records whose message is `message`.
+    pub fn records_with(&self, message: &str) -> Vec<serde_json::Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["message"] == message)
+            .collect()
     }
 
     /// One paragraph for failure messages: state, args, log tail.
@@ -324,6 +346,48 @@ pub fn berth_once(
     };
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     (status, read(&out_path), read(&err_path))
+}
+
+/// A string field of a log record (`""` when it has none).
+pub fn field<'a>(record: &'a serde_json::Value, name: &str) -> &'a str {
+    record[name].as_str().unwrap_or("")
+}
+
+/// A log line for people: a JSON record as `time LEVEL target: message k=v …`, anything else
+/// as it is.
+pub fn render_line(line: &str) -> String {
+    let Ok(serde_json::Value::Object(r)) = serde_json::from_str::<serde_json::Value>(line) else {
+        return line.to_string();
+    };
+    let text = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    let mut out = format!(
+        "{} {} {}: {}",
+        text("timestamp"),
+        text("level"),
+        text("target"),
+        text("message")
+    );
+    for (k, v) in &r {
+        if matches!(
+            k.as_str(),
+            "timestamp" | "level" | "target" | "message" | "span" | "spans"
+        ) {
+            continue;
+        }
+        match v.as_str() {
+            Some(s) => out.push_str(&format!(" {k}={s:?}")),
+            None => out.push_str(&format!(" {k}={v}")),
+        }
+    }
+    if let Some(span) = r.get("span").and_then(|s| s.as_object()) {
+        for (k, v) in span.iter().filter(|(k, _)| k.as_str() != "name") {
+            out.push_str(&format!(
+                " {k}={}",
+                v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+            ));
+        }
+    }
+    out
 }
 
 /// `s` without ANSI escape sequences (`ESC [ … letter`).

@@ -133,6 +133,12 @@ impl ConsulServer {
         self.spawn();
     }
 
+    /// Starts the agent again on the same ports after [`stop`](Self::stop). Dev mode starts
+    /// empty.
+    pub fn resume(&mut self) {
+        self.spawn();
+    }
+
     /// Kills the agent.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

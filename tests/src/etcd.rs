@@ -179,6 +179,11 @@ impl EtcdServer {
         }
     }
 
+    /// Starts etcd again on the same ports and data dir after [`stop`](Self::stop).
+    pub fn resume(&mut self) {
+        self.spawn();
+    }
+
     /// Kills etcd (SIGKILL) and starts it again on the same data dir: keys and leases
     /// survive (etcd extends a restored lease to its full TTL).
     pub fn restart(&mut self) {

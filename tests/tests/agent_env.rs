@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use berth_e2e::agent::{Agent, tail};
+use berth_e2e::agent::{Agent, field};
 use berth_e2e::consul::ConsulServer;
 use berth_e2e::docker::{self, Container};
 use berth_e2e::{free_port, wait_for};
@@ -48,16 +48,17 @@ fn detected_host_ip_is_logged_and_registered() {
         &node,
         "--ttl",
         "3s",
+        "--log-format",
+        "json",
     ];
     let agent = Agent::spawn(&args);
     let detected = wait_for(
         "the detected host IP in the log",
         Duration::from_secs(20),
         || {
-            let log = agent.log();
-            let line = log.lines().find(|l| l.contains("host IP detected"))?;
-            let value = line.split("host_ip=").nth(1)?.split_whitespace().next()?;
-            Some(value.to_owned())
+            let records = agent.records_with("host IP detected (set --host-ip to override)");
+            let value = field(records.first()?, "host_ip");
+            (!value.is_empty()).then(|| value.to_owned())
         },
     );
     let ip: std::net::IpAddr = detected.parse().expect("an IP address");
@@ -81,7 +82,7 @@ fn detected_host_ip_is_logged_and_registered() {
             (!got.is_empty()).then_some(got)
         },
     );
-    assert_eq!(got, want, "agent log:\n{}", tail(&agent.log(), 30));
+    assert_eq!(got, want, "agent log:\n{}", agent.log_tail(30));
 }
 
 /// Kills the relay and its forked per-connection children (its process group) on drop.
@@ -139,6 +140,8 @@ fn docker_host_tcp_is_honoured_and_an_outage_is_repaired_by_relisting() {
         "127.0.0.1",
         "--ttl",
         "3s",
+        "--log-format",
+        "json",
     ];
     let endpoint = format!("tcp://127.0.0.1:{port}");
     let agent = Agent::spawn_with_env(&args, &[("DOCKER_HOST", &endpoint)]);
@@ -152,10 +155,11 @@ fn docker_host_tcp_is_honoured_and_an_outage_is_repaired_by_relisting() {
         },
     );
     assert_eq!(got, [("127.0.0.1".to_owned(), gone.host_port(80))]);
+    let configured = agent.records_with("berth configured");
     assert!(
-        agent.log().contains(&format!("docker=\"{endpoint}\"")),
+        configured.iter().any(|r| field(r, "docker") == endpoint),
         "the agent should log the tcp endpoint it uses:\n{}",
-        tail(&agent.log(), 30)
+        agent.log_tail(30)
     );
 
     // Its only connection is the relay: cut it, and the event stream breaks.
@@ -163,7 +167,12 @@ fn docker_host_tcp_is_honoured_and_an_outage_is_repaired_by_relisting() {
     wait_for(
         "the agent to notice the relay is gone",
         Duration::from_secs(10),
-        || agent.log().contains("docker unavailable").then_some(()),
+        || {
+            (!agent
+                .records_with("docker unavailable; will reconnect and relist")
+                .is_empty())
+            .then_some(())
+        },
     );
 
     // During the outage one container goes and another comes.

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use berth_e2e::agent::lookup_json as lookup;
+use berth_e2e::agent::{field, lookup_json as lookup};
 use berth_e2e::backend::{Backend, Found, Kind, show};
 use berth_e2e::docker::{self, Container, IMAGE};
 use berth_e2e::env::{Env, Expect, SETTLE, TTL};
@@ -657,16 +657,18 @@ impl Starts {
     }
 }
 
-/// How many lines of `log` contain `needle`.
-fn count_lines(log: &str, needle: &str) -> usize {
-    log.lines().filter(|l| l.contains(needle)).count()
-}
+/// What the agent logs for a self-healing restart, and once when the limit stops them.
+const RESTARTING: &str = "autoheal restarting container";
+const LIMIT_REACHED: &str =
+    "autoheal restart limit reached; not restarting until the window moves on";
 
-/// Lines of `log` mentioning autoheal, for failure messages.
-fn autoheal_lines(log: &str) -> String {
-    log.lines()
-        .filter(|l| l.contains("autoheal"))
-        .map(|l| format!("\n    {l}"))
+/// The agent's records about self-healing, as text lines for failure messages.
+fn autoheal_lines(agent: &berth_e2e::agent::Agent) -> String {
+    agent
+        .records()
+        .iter()
+        .filter(|r| field(r, "message").contains("autoheal"))
+        .map(|r| format!("\n    {}", berth_e2e::agent::render_line(&r.to_string())))
         .collect()
 }
 
@@ -698,8 +700,6 @@ fn autoheal_restarts_up_to_the_limit(kind: Kind) {
     let ctrs = [&healed, &plain];
     let mut starts = Starts::new(&ctrs);
 
-    let restarted = "autoheal: restarting container";
-    let limit = "autoheal: restart limit reached";
     let check_plain = |restarts: &[usize]| -> Result<(), String> {
         if restarts[1] > 0 {
             Err(format!(
@@ -732,11 +732,11 @@ fn autoheal_restarts_up_to_the_limit(kind: Kind) {
         env.fail(&e);
     }
 
-    let log_has_limit = |env: &mut Env| env.agent().log().contains(limit);
+    let limit_logged = |env: &mut Env| !env.agent().records_with(LIMIT_REACHED).is_empty();
     let start = Instant::now();
-    while !log_has_limit(&mut env) {
+    while !limit_logged(&mut env) {
         if start.elapsed() > PROBE {
-            env.fail(&format!("no {limit:?} in the agent log within {PROBE:?}"));
+            env.fail(&format!("no {LIMIT_REACHED:?} record within {PROBE:?}"));
         }
         if let Err(e) = starts.poll(&ctrs).and_then(|n| check_plain(&n)) {
             env.fail(&e);
@@ -762,25 +762,31 @@ fn autoheal_restarts_up_to_the_limit(kind: Kind) {
         },
     );
 
-    let log = env.agent().log();
-    let (restarts_logged, limits_logged) = (count_lines(&log, restarted), count_lines(&log, limit));
-    if restarts_logged != 2 || limits_logged != 1 {
+    let (restarts, limits) = (
+        env.agent().records_with(RESTARTING),
+        env.agent().records_with(LIMIT_REACHED),
+    );
+    if restarts.len() != 2 || limits.len() != 1 {
+        let lines = autoheal_lines(env.agent());
         env.fail(&format!(
-            "want 2 {restarted:?} lines and 1 {limit:?} line, got {restarts_logged} and \
-             {limits_logged}:{}",
-            autoheal_lines(&log)
+            "want 2 {RESTARTING:?} records and 1 {LIMIT_REACHED:?}, got {} and {}:{lines}",
+            restarts.len(),
+            limits.len(),
         ));
     }
-    if !log
-        .lines()
-        .filter(|l| l.contains(restarted))
-        .all(|l| l.contains(&healed.name) || l.contains(&healed.id[..12]))
-    {
+    let named = |r: &Value| {
+        field(r, "container.name") == healed.name && field(r, "container.id") == &healed.id[..12]
+    };
+    let numbered: Vec<u64> = restarts
+        .iter()
+        .filter_map(|r| r["restart"].as_u64())
+        .collect();
+    if !restarts.iter().chain(&limits).all(named) || numbered != [1, 2] {
+        let lines = autoheal_lines(env.agent());
         env.fail(&format!(
-            "every restart line should name {} ({}):{}",
+            "every self-healing record should name {} ({}) and count restarts 1 and 2:{lines}",
             healed.name,
             &healed.id[..12],
-            autoheal_lines(&log)
         ));
     }
     // The restarts are shown on the instance's health output, next to the failing probe.
@@ -860,15 +866,19 @@ fn autoheal_restarts_a_docker_unhealthy_container(kind: Kind) {
             )),
         },
     );
-    let log = env.agent().log();
-    if !log
-        .lines()
-        .any(|l| l.contains("autoheal: restarting container") && l.contains(&healed.name))
+    let restarts = env.agent().records_with(RESTARTING);
+    let reason = restarts
+        .iter()
+        .find(|r| field(r, "container.name") == healed.name)
+        .map(|r| field(r, "reason").to_owned());
+    if !reason
+        .as_deref()
+        .is_some_and(|r| r.starts_with("Docker HEALTHCHECK reports unhealthy"))
     {
+        let lines = autoheal_lines(env.agent());
         env.fail(&format!(
-            "no \"autoheal: restarting container\" line naming {}:{}",
+            "no {RESTARTING:?} record for {} with the HEALTHCHECK as its reason:{lines}",
             healed.name,
-            autoheal_lines(&log)
         ));
     }
 }

@@ -22,7 +22,7 @@ use berth_registry::Status;
 
 use crate::docker::view::{ContainerView, PortProto};
 
-use super::keys::Raw;
+use super::keys::{KINDS, Raw};
 use super::sanitize::{self, quote};
 use super::{Notes, Settings, boolean};
 
@@ -115,9 +115,6 @@ const REGISTRATOR_FIELDS: [(&str, &str); 10] = [
     ("check_tls_skip_verify", "tls_skip_verify"),
 ];
 
-/// Check kinds, in the order registrator gives them precedence.
-const KINDS: [&str; 4] = ["http", "https", "tcp", "grpc"];
-
 /// Settings a named check takes over from the default check. Besides these and its kind, a
 /// check has a target (`path`, `port`), which belongs to the check that names it, and
 /// `deregister_after`, which applies to the whole instance.
@@ -132,32 +129,6 @@ const INHERITED: [&str; 7] = [
 ];
 
 type Fields = BTreeMap<String, Raw>;
-
-/// The check a key sets the kind of: `Some("")` for the default check (`check_http`,
-/// `check.tcp`), `Some(name)` for `check.<name>.<kind>`, `None` for any other key.
-fn kind_of(key: &str) -> Option<&str> {
-    if let Some(kind) = key.strip_prefix("check_") {
-        return KINDS.contains(&kind).then_some("");
-    }
-    let rest = key.strip_prefix("check.")?;
-    match rest.split_once('.') {
-        None => KINDS.contains(&rest).then_some(""),
-        Some((name, kind)) => KINDS.contains(&kind).then_some(name),
-    }
-}
-
-/// `over` on top of `base`: a check whose kind `over` sets loses the kind `base` gave it
-/// (a per-port `SERVICE_80_CHECK_TCP` replaces a container-wide `SERVICE_CHECK_HTTP`, a
-/// `berth.service.<svc>.check.tcp` replaces `berth.check.http`), then `over`'s keys win.
-pub(super) fn overlay(base: &mut BTreeMap<String, Raw>, over: &BTreeMap<String, Raw>) {
-    let replaced: Vec<String> = over
-        .keys()
-        .filter_map(|k| kind_of(k))
-        .map(str::to_owned)
-        .collect();
-    base.retain(|k, _| kind_of(k).is_none_or(|check| !replaced.iter().any(|r| r == check)));
-    base.extend(over.iter().map(|(k, v)| (k.clone(), v.clone())));
-}
 
 /// The address and port probes of one instance dial by default.
 #[derive(Clone, Debug)]

@@ -308,7 +308,7 @@ impl<'a> Layers<'a> {
     /// Check keys of all scopes, the more specific overriding (a kind replaces the kind of
     /// a less specific scope).
     pub fn checks(self) -> BTreeMap<String, Raw> {
-        self.merged(|f| &f.checks, super::checks::overlay)
+        self.merged(|f| &f.checks, overlay)
     }
 
     /// `map` of every scope, least specific first, each put on top of the previous ones with
@@ -326,6 +326,35 @@ impl<'a> Layers<'a> {
         }
         out
     }
+}
+
+/// Check kinds, in the order registrator gives them precedence.
+pub(super) const KINDS: [&str; 4] = ["http", "https", "tcp", "grpc"];
+
+/// The check a key sets the kind of: `Some("")` for the default check (`check_http`,
+/// `check.tcp`), `Some(name)` for `check.<name>.<kind>`, `None` for any other key.
+fn kind_of(key: &str) -> Option<&str> {
+    if let Some(kind) = key.strip_prefix("check_") {
+        return KINDS.contains(&kind).then_some("");
+    }
+    let rest = key.strip_prefix("check.")?;
+    match rest.split_once('.') {
+        None => KINDS.contains(&rest).then_some(""),
+        Some((name, kind)) => KINDS.contains(&kind).then_some(name),
+    }
+}
+
+/// `over` on top of `base`: a check whose kind `over` sets loses the kind `base` gave it
+/// (a per-port `SERVICE_80_CHECK_TCP` replaces a container-wide `SERVICE_CHECK_HTTP`, a
+/// `berth.service.<svc>.check.tcp` replaces `berth.check.http`), then `over`'s keys win.
+pub(super) fn overlay(base: &mut BTreeMap<String, Raw>, over: &BTreeMap<String, Raw>) {
+    let replaced: Vec<String> = over
+        .keys()
+        .filter_map(|k| kind_of(k))
+        .map(str::to_owned)
+        .collect();
+    base.retain(|k, _| kind_of(k).is_none_or(|check| !replaced.iter().any(|r| r == check)));
+    base.extend(over.iter().map(|(k, v)| (k.clone(), v.clone())));
 }
 
 /// `berth.port`: the container ports allowed to register.

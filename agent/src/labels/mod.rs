@@ -590,7 +590,7 @@ fn service_specs(ctx: &Ctx<'_>, candidates: &Candidates, notes: &mut Notes) -> V
         meta.extend(s.meta.clone());
         let mut checks = layers.checks();
         checks.extend(native.checks.clone());
-        checks::overlay(&mut checks, &s.checks);
+        keys::overlay(&mut checks, &s.checks);
         let shared = chosen.iter().filter(|(_, _, p)| *p == pp).count() > 1;
         let id =
             s.id.as_ref()

@@ -10,12 +10,14 @@
 //!   (`--probe-concurrency`). One probe of a check is in flight at a time.
 //! - Each result goes through the check's [`Thresholds`] (rise/fall). When an instance's
 //!   verdict changes (a status, or its withdrawal after `deregister_after`), the prober sends
-//!   `Trigger::Container` so the container is reconciled and the change written at once.
+//!   the container on its `recheck` channel, so it is reconciled and the change written at
+//!   once.
 //!   Output alone (timings) never causes a write.
 //! - A labelled container whose check fails `--autoheal-failures` times in a row is handed
 //!   to the [`heal`](crate::heal) task.
 //!
-//! One `std::sync::Mutex` guards the bookkeeping; it is never held across I/O.
+//! One `std::sync::Mutex` guards the bookkeeping; it is never held across I/O. Check tasks
+//! run on the agent's `TaskTracker`, so the shutdown drain waits for them.
 
 pub mod exec;
 
@@ -28,9 +30,9 @@ use rand::Rng;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::docker::Trigger;
 use crate::heal;
 use crate::labels::{self, CheckSpec, Outcome, Probes};
 use exec::{Probe, describe};
@@ -267,18 +269,22 @@ pub struct Prober<P = exec::Executor> {
     probe: P,
     options: Options,
     permits: Semaphore,
-    triggers: mpsc::Sender<Trigger>,
+    /// Containers whose verdict changed, for the reconciler.
+    recheck: mpsc::Sender<String>,
     heal: mpsc::Sender<heal::Request>,
+    tracker: TaskTracker,
     cancel: CancellationToken,
 }
 
 impl<P: Probe> Prober<P> {
-    /// Check tasks stop when `cancel` fires.
+    /// Check tasks run on `tracker` and stop when `cancel` fires. A changed verdict sends
+    /// the container on `recheck`; a check that failed often enough asks `heal`.
     pub fn new(
         probe: P,
         options: Options,
-        triggers: mpsc::Sender<Trigger>,
+        recheck: mpsc::Sender<String>,
         heal: mpsc::Sender<heal::Request>,
+        tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Arc<Prober<P>> {
         Arc::new(Prober {
@@ -286,8 +292,9 @@ impl<P: Probe> Prober<P> {
             probe,
             permits: Semaphore::new(options.concurrency.max(1)),
             options,
-            triggers,
+            recheck,
             heal,
+            tracker,
             cancel,
         })
     }
@@ -368,7 +375,8 @@ impl<P: Probe> Prober<P> {
         }
         drop(inner);
         for (id, generation, spec, cancel) in spawn {
-            tokio::spawn(run_check(self.clone(), id, generation, spec, cancel));
+            self.tracker
+                .spawn(run_check(self.clone(), id, generation, spec, cancel));
         }
         verdicts
     }
@@ -445,9 +453,7 @@ impl<P: Probe> Prober<P> {
         drop(inner);
         // The restart's own events usually trigger this already; a full queue is caught by
         // the next resync.
-        let _ = self
-            .triggers
-            .try_send(Trigger::Container(container.to_owned()));
+        let _ = self.recheck.try_send(container.to_owned());
     }
 
     /// The self-healing note of `container`, for instances without checks (Docker health).
@@ -455,13 +461,14 @@ impl<P: Probe> Prober<P> {
         self.lock().heal_notes.get(container).cloned()
     }
 
-    /// Sends a trigger for `container`; the reconciler reads the new verdict through `sync`.
+    /// Asks for a reconcile of `container`; the reconciler reads the new verdict through
+    /// `sync`.
     async fn trigger(&self, container: String, cancel: &CancellationToken) {
         // A closed channel means the agent is shutting down; so does `cancel`, which also
         // ends a wait on a full channel.
         tokio::select! {
             _ = cancel.cancelled() => {}
-            _ = self.triggers.send(Trigger::Container(container)) => {}
+            _ = self.recheck.send(container) => {}
         }
     }
 

@@ -108,7 +108,8 @@ fn outcome(id: &str, checks: Vec<CheckSpec>) -> Outcome {
 struct Harness {
     prober: Arc<Prober<Scripted>>,
     script: Scripted,
-    triggers: mpsc::Receiver<Trigger>,
+    triggers: mpsc::Receiver<String>,
+    tracker: TaskTracker,
     heal: mpsc::Receiver<heal::Request>,
     cancel: CancellationToken,
 }
@@ -118,6 +119,7 @@ fn harness(concurrency: usize) -> Harness {
     let (tx, triggers) = mpsc::channel(4096);
     let (heal_tx, heal) = mpsc::channel(16);
     let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
     let prober = Prober::new(
         script.clone(),
         Options {
@@ -126,18 +128,20 @@ fn harness(concurrency: usize) -> Harness {
         },
         tx,
         heal_tx,
+        tracker.clone(),
         cancel.clone(),
     );
     Harness {
         prober,
         script,
         triggers,
+        tracker,
         heal,
         cancel,
     }
 }
 
-fn drain(rx: &mut mpsc::Receiver<Trigger>) -> Vec<Trigger> {
+fn drain(rx: &mut mpsc::Receiver<String>) -> Vec<String> {
     let mut out = Vec::new();
     while let Ok(t) = rx.try_recv() {
         out.push(t);
@@ -334,7 +338,7 @@ async fn thresholds_decide_when_the_verdict_changes() {
     let o = outcome("web", vec![spec(80, 1, 2, 3)]);
     h.prober.sync("c", "web", &o);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(drain(&mut h.triggers), vec![Trigger::Container("c".into())]);
+    assert_eq!(drain(&mut h.triggers), vec!["c".to_owned()]);
     assert_eq!(
         h.prober.sync("c", "web", &o)["web"].health.status,
         Status::Passing
@@ -358,7 +362,7 @@ async fn thresholds_decide_when_the_verdict_changes() {
         Status::Passing
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(drain(&mut h.triggers), vec![Trigger::Container("c".into())]);
+    assert_eq!(drain(&mut h.triggers), vec!["c".to_owned()]);
     let v = h.prober.sync("c", "web", &o);
     assert_eq!(v["web"].health.status, Status::Critical);
     assert!(v["web"].health.output.contains("port 80: critical"));
@@ -366,7 +370,7 @@ async fn thresholds_decide_when_the_verdict_changes() {
     h.script
         .answer(80, Status::Passing, Some(Duration::from_millis(10)));
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(drain(&mut h.triggers), vec![Trigger::Container("c".into())]);
+    assert_eq!(drain(&mut h.triggers), vec!["c".to_owned()]);
     assert_eq!(
         h.prober.sync("c", "web", &o)["web"].health.status,
         Status::Passing
@@ -416,10 +420,7 @@ async fn an_instance_id_taken_over_by_a_new_container_starts_afresh() {
     let o = outcome("web", vec![spec(80, 1, 1, 1)]);
     h.prober.sync("old", "web", &o);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        drain(&mut h.triggers),
-        vec![Trigger::Container("old".into())]
-    );
+    assert_eq!(drain(&mut h.triggers), vec!["old".to_owned()]);
 
     let v = h.prober.sync("new", "web", &o);
     assert_eq!(v["web"].health.status, Status::Critical, "no result yet");
@@ -428,10 +429,7 @@ async fn an_instance_id_taken_over_by_a_new_container_starts_afresh() {
     h.prober.forget("old");
     assert_eq!(h.prober.check_count(), 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        drain(&mut h.triggers),
-        vec![Trigger::Container("new".into())]
-    );
+    assert_eq!(drain(&mut h.triggers), vec!["new".to_owned()]);
     assert_eq!(
         h.prober.sync("new", "web", &o)["web"].health.status,
         Status::Passing
@@ -498,4 +496,21 @@ async fn autoheal_asks_after_n_failures_and_a_restart_starts_the_count_again() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(h.heal.try_recv().is_err());
     h.cancel.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn check_tasks_run_on_the_tracker_and_the_drain_waits_for_them() {
+    let h = harness(8);
+    h.prober.sync(
+        "c",
+        "c",
+        &outcome("i", vec![spec(1, 10, 1, 1), spec(2, 10, 1, 1)]),
+    );
+    assert_eq!(h.tracker.len(), 2, "one task per check, on the tracker");
+    h.tracker.close();
+    h.cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(1), h.tracker.wait())
+        .await
+        .expect("check tasks end on cancel and the drain sees them end");
+    assert_eq!(h.tracker.len(), 0);
 }

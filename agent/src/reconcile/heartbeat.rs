@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::Trigger;
 use super::store::Store;
-use crate::docker::Trigger;
 
 /// Heartbeats sent at once.
 const CONCURRENCY: usize = 32;

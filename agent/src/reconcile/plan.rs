@@ -13,7 +13,8 @@ pub enum Op {
     Register(Instance),
     /// Remove an instance this node owns that is no longer desired.
     Deregister { id: String },
-    /// Only the health changed: report it through the heartbeat, no re-registration.
+    /// Only the health changed: written on its own (`Registry::set_health`), no
+    /// re-registration.
     SetHealth { id: String, health: Health },
 }
 

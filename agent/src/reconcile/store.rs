@@ -1,11 +1,12 @@
-//! What this node owns in the registry, as last written or read, plus the heartbeat schedule.
+//! What this node owns in the registry, as last written or read, plus the heartbeat schedule,
+//! the writes the registry refused (parked), and each container's label notes.
 //!
 //! One `std::sync::Mutex` guards it; no lock is ever held across I/O. Reconcile workers
 //! record each successful write here, snapshots replace it wholesale, and the heartbeater
 //! takes due instances from the schedule (mini-redis' `BTreeSet<(Instant, key)>` shape, with a
 //! [`Notify`] so an earlier deadline wakes the heartbeater).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,8 +14,33 @@ use berth_registry::{Health, Instance, Listing};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::plan::{Plan, plan};
+use super::plan::{Op, Plan, plan};
+use crate::backoff::Backoff;
 use crate::labels::Note;
+
+/// A write the registry refused (an id another owner holds, a value it will not take). It is
+/// not tried again before `until`, unless the write wanted changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parked {
+    pub container: String,
+    pub op: Op,
+    /// The registry's answer, as one line.
+    pub reason: String,
+    /// When it was first refused.
+    pub since: Instant,
+    pub until: Instant,
+    /// Refusals in a row of this same write.
+    pub refusals: u32,
+}
+
+/// True when `a` and `b` would write the same thing (a registration's health aside: it goes
+/// with the registration either way).
+fn same_write(a: &Op, b: &Op) -> bool {
+    match (a, b) {
+        (Op::Register(a), Op::Register(b)) => a.same_registration(b),
+        _ => a == b,
+    }
+}
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -26,6 +52,8 @@ struct Inner {
     schedule: BTreeSet<(Instant, String)>,
     due_at: HashMap<String, Instant>,
     notes: HashMap<String, Vec<Note>>,
+    /// By instance id.
+    parked: BTreeMap<String, Parked>,
 }
 
 impl Inner {
@@ -200,6 +228,54 @@ impl Store {
         self.lock().instances.keys().cloned().collect()
     }
 
+    /// When the same write as `op` was refused and is parked past `now`: until when.
+    pub fn parked_until(&self, op: &Op, now: Instant) -> Option<Instant> {
+        let inner = self.lock();
+        let p = inner.parked.get(op.id())?;
+        (p.until > now && same_write(&p.op, op)).then_some(p.until)
+    }
+
+    /// Records that the registry refused `op` (for `container`) with `reason`; returns when it
+    /// may be tried again. The same write refused again waits longer each time.
+    pub fn park(&self, container: &str, op: &Op, reason: &str, now: Instant) -> Instant {
+        let mut inner = self.lock();
+        let (refusals, since) = match inner.parked.get(op.id()) {
+            Some(p) if same_write(&p.op, op) => (p.refusals + 1, p.since),
+            _ => (1, now),
+        };
+        let until = now + Backoff::PARKED.delay(refusals, &mut rand::rng());
+        inner.parked.insert(
+            op.id().to_owned(),
+            Parked {
+                container: container.to_owned(),
+                op: op.clone(),
+                reason: reason.to_owned(),
+                since,
+                until,
+                refusals,
+            },
+        );
+        until
+    }
+
+    /// The write for instance `id` went through.
+    pub fn unpark(&self, id: &str) {
+        self.lock().parked.remove(id);
+    }
+
+    /// Ends the parks of `container` whose instance it no longer writes.
+    pub fn keep_parked<'a>(&self, container: &str, wanted: impl IntoIterator<Item = &'a str>) {
+        let wanted: BTreeSet<&str> = wanted.into_iter().collect();
+        self.lock()
+            .parked
+            .retain(|id, p| p.container != container || wanted.contains(id.as_str()));
+    }
+
+    /// Every parked write, by instance id (for the status output).
+    pub fn parked(&self) -> Vec<Parked> {
+        self.lock().parked.values().cloned().collect()
+    }
+
     /// Stores the notes of a container's latest evaluation; true when they changed (so they
     /// are logged once, not on every resync).
     pub fn set_notes(&self, container: &str, notes: Vec<Note>) -> bool {
@@ -332,6 +408,40 @@ mod tests {
                 .ops
                 .is_empty()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_write_waits_and_waits_longer_when_refused_again() {
+        let store = Store::new(Duration::from_secs(5));
+        let op = super::super::plan::Op::Register(inst("a", "c1"));
+        let t0 = Instant::now();
+        let first = store.park("c1", &op, "refused", t0);
+        let min = Backoff::PARKED.min;
+        assert!(
+            first >= t0 + min / 2 && first <= t0 + min,
+            "{:?}",
+            first - t0
+        );
+        assert_eq!(store.parked_until(&op, t0), Some(first));
+        // The same registration with another health is the same write.
+        let mut sick = inst("a", "c1");
+        sick.health = Health::critical("down");
+        let same = super::super::plan::Op::Register(sick);
+        assert_eq!(store.parked_until(&same, t0), Some(first));
+        // A changed registration is tried at once.
+        let mut moved = inst("a", "c1");
+        moved.port = 81;
+        let other = super::super::plan::Op::Register(moved);
+        assert_eq!(store.parked_until(&other, t0), None);
+        // Past the park it may be tried; refused again it waits longer.
+        assert_eq!(store.parked_until(&op, first), None);
+        let second = store.park("c1", &op, "refused", first);
+        assert!(second - first >= min, "{:?}", second - first);
+        assert_eq!(store.parked()[0].refusals, 2);
+        assert_eq!(store.parked()[0].since, t0);
+        // A container that no longer writes the instance ends its park.
+        store.keep_parked("c1", []);
+        assert!(store.parked().is_empty());
     }
 
     #[test]

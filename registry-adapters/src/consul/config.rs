@@ -10,7 +10,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::RegistryError;
+use crate::error::RegistryError;
 
 /// Header Consul reads the ACL token from.
 const TOKEN_HEADER: &str = "X-Consul-Token";
@@ -24,6 +24,9 @@ pub struct ConsulConfig {
     /// `http://host:port`, `https://host:port`, or bare `host:port` (meaning http, as
     /// `CONSUL_HTTP_ADDR` does). IPv6 hosts go in brackets: `[::1]:8500`.
     pub addr: String,
+    /// Node identity of this agent: the `berth-node` meta of every instance it writes, and
+    /// the owner it recognises as itself when it lists, registers or deregisters.
+    pub node: String,
     /// ACL token sent as `X-Consul-Token` on every request. An empty string means none.
     pub token: Option<String>,
     /// PEM file of the CA(s) that sign the agent's certificate. When set, only these CAs are
@@ -49,6 +52,7 @@ impl Default for ConsulConfig {
     fn default() -> Self {
         ConsulConfig {
             addr: "http://127.0.0.1:8500".to_owned(),
+            node: String::new(),
             token: None,
             ca_cert: None,
             client_cert: None,
@@ -65,6 +69,7 @@ impl fmt::Debug for ConsulConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsulConfig")
             .field("addr", &self.addr)
+            .field("node", &self.node)
             .field("token", &self.token().map(|_| "<redacted>"))
             .field("ca_cert", &self.ca_cert)
             .field("client_cert", &self.client_cert)
@@ -93,6 +98,9 @@ impl ConsulConfig {
         }
         if self.request_timeout.is_zero() {
             return Err(config("consul request timeout must be above zero"));
+        }
+        if self.node.trim().is_empty() {
+            return Err(config("consul backend needs a node name"));
         }
         Ok(())
     }
@@ -353,7 +361,15 @@ mod tests {
             ..ConsulConfig::default()
         };
         assert!(matches!(cfg.validate(), Err(RegistryError::Config(_))));
-        assert!(ConsulConfig::default().validate().is_ok());
+        let named = ConsulConfig {
+            node: "n1".into(),
+            ..ConsulConfig::default()
+        };
+        assert!(named.validate().is_ok());
+        assert!(
+            matches!(ConsulConfig::default().validate(), Err(RegistryError::Config(m)) if m.contains("node")),
+            "a client without a node cannot tell its own instances"
+        );
     }
 
     fn install_crypto() {

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::RegistryError;
+use crate::error::RegistryError;
 
 /// Everything but RFC 3986's unreserved characters is escaped in a path segment, so `:`, `/`,
 /// `?`, `#` and `%` in an id reach Consul intact.

@@ -33,8 +33,9 @@ mod config;
 mod http;
 mod wire;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -47,12 +48,18 @@ use wire::{
     CheckUpdate, HealthEntry, Registration, check_id, expired, missing_check, ttl_check_id,
 };
 
-use crate::{Health, Instance, Listing, RegistryError};
+use crate::error::RegistryError;
+use crate::instance::{Health, Instance, Listing};
 
-/// Writes berth's instances to the local Consul agent. Clones share one HTTP client.
+/// Writes one node's instances to the local Consul agent. Clones share one HTTP client and
+/// one record of which ids are this node's.
 #[derive(Clone)]
 pub struct ConsulRegistry {
     agent: Agent,
+    node: Arc<str>,
+    /// Ids this client registered and has not removed since: known to be this node's, so
+    /// writing them needs no ownership check. Any other id is looked up first.
+    mine: Arc<Mutex<HashSet<String>>>,
     ttl: Duration,
     deregister_critical_after: Duration,
     request_timeout: Duration,
@@ -63,6 +70,7 @@ impl fmt::Debug for ConsulRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsulRegistry")
             .field("addr", &self.agent.base())
+            .field("node", &self.node)
             .field("token", &self.has_token.then_some("<redacted>"))
             .field("ttl", &self.ttl)
             .field("deregister_critical_after", &self.deregister_critical_after)
@@ -83,6 +91,8 @@ impl ConsulRegistry {
         let client = config.http_client()?;
         Ok(ConsulRegistry {
             agent: Agent::new(client, base),
+            node: config.node.as_str().into(),
+            mine: Arc::default(),
             ttl: config.ttl,
             deregister_critical_after: config.deregister_critical_after,
             request_timeout: config.request_timeout,
@@ -95,10 +105,10 @@ impl ConsulRegistry {
         format!("consul agent at {}", self.agent.base())
     }
 
-    /// Everything registered on the local agent: berth instances of `node`, with the health of
-    /// their `service:<id>` check (critical when it is missing), in `owned`; every other
-    /// service id in `foreign_ids`.
-    pub async fn list(&self, node: &str) -> Result<Listing, RegistryError> {
+    /// Everything registered on the local agent: berth instances of this node, with the
+    /// health of their `service:<id>` check (critical when it is missing), in `owned`; every
+    /// other service id in `foreign_ids`.
+    pub async fn list(&self) -> Result<Listing, RegistryError> {
         let services_url = self.agent.url("/v1/agent/services", "", "");
         let checks_url = self.agent.url("/v1/agent/checks", "", "");
         // Entries are decoded one by one, so one odd entry cannot fail the whole listing.
@@ -127,7 +137,9 @@ impl ConsulRegistry {
                 }
             };
             match instance {
-                Some(instance) if instance.origin.node == node => listing.owned.push(instance),
+                Some(instance) if *instance.origin.node == *self.node => {
+                    listing.owned.push(instance);
+                }
                 _ => {
                     listing.foreign_ids.insert(id);
                 }
@@ -139,7 +151,34 @@ impl ConsulRegistry {
     /// Creates or replaces `instance` and its two checks, then writes `instance.health` to the
     /// health check (Consul 1.8.7 takes no initial output, and keeps an existing check's
     /// status on a re-registration). Idempotent.
+    ///
+    /// The agent API has no compare-and-set, so an id this client has not registered itself
+    /// is looked up first, and refused ([`RegistryError::Rejected`]) when another node's berth
+    /// or another tool holds it. Two agents claiming one new id in the same instant can still
+    /// both write it; only an explicit `berth.id` can make two nodes want one id.
     pub async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
+        let what = format!("register of {}", instance.id);
+        if *instance.origin.node != *self.node {
+            return Err(RegistryError::Rejected {
+                what,
+                message: format!(
+                    "instance belongs to node {:?}, this agent is {:?}",
+                    instance.origin.node, self.node
+                ),
+            });
+        }
+        if !self.is_mine(&instance.id) {
+            match self.holder(&instance.id).await {
+                Ok(Holder::Nobody | Holder::ThisNode) => {}
+                Ok(Holder::Other(owner)) => {
+                    return Err(RegistryError::Rejected {
+                        what,
+                        message: format!("the id is held by {owner}; not overwriting it"),
+                    });
+                }
+                Err(e) => return Err(e.into_registry(&what)),
+            }
+        }
         let body = Registration::new(instance, self.ttl, self.deregister_critical_after);
         // Drops any other check under this service, e.g. one left by an older berth.
         let url = self.agent.url(
@@ -150,16 +189,30 @@ impl ConsulRegistry {
         self.agent
             .put(&url, Some(&body))
             .await
-            .map_err(|e| e.into_registry(&format!("register of {}", instance.id)))?;
+            .map_err(|e| e.into_registry(&what))?;
+        self.mine().insert(instance.id.clone());
         self.set_health(&instance.id, &instance.health).await?;
         debug!(service.id = %instance.id, service.name = %instance.name, "registered on the consul agent");
         Ok(())
     }
 
-    /// Removes the service `id` and its check. Removing an unknown id succeeds.
+    /// Removes the service `id` and its checks. Removing an unknown id succeeds; so does
+    /// removing an id another node or tool holds, which is left as it is (an id this client
+    /// has not registered itself is looked up first).
     pub async fn deregister(&self, id: &str) -> Result<(), RegistryError> {
         let what = format!("deregister of {id}");
         addressable(id, &what)?;
+        if !self.is_mine(id) {
+            match self.holder(id).await {
+                Ok(Holder::ThisNode) => {}
+                Ok(Holder::Nobody) => return Ok(()),
+                Ok(Holder::Other(owner)) => {
+                    debug!(service.id = %id, %owner, "not this node's; left alone");
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into_registry(&what)),
+            }
+        }
         let url = self.agent.url("/v1/agent/service/deregister/", id, "");
         if let Err(error) = self.agent.put::<()>(&url, None).await {
             let gone = match error.status() {
@@ -174,6 +227,7 @@ impl ConsulRegistry {
                 return Err(error.into_registry(&what));
             }
         }
+        self.mine().remove(id);
         debug!(service.id = %id, "deregistered from the consul agent");
         Ok(())
     }
@@ -181,7 +235,9 @@ impl ConsulRegistry {
     /// Restarts the TTL of the instance's liveness check.
     ///
     /// Answers [`RegistryError::NotFound`] when the agent does not know the check (it
-    /// restarted without state, or reaped the instance); the caller registers it again.
+    /// restarted without state, or reaped the instance), or when the id is not this node's
+    /// (an id this client has not registered itself is looked up first); the caller
+    /// registers it again.
     pub async fn heartbeat(&self, id: &str) -> Result<(), RegistryError> {
         self.update(id, &ttl_check_id(id), &CheckUpdate::alive(), "heartbeat")
             .await
@@ -207,6 +263,16 @@ impl ConsulRegistry {
         body: &CheckUpdate<'_>,
         what: &str,
     ) -> Result<(), RegistryError> {
+        if !self.is_mine(id) {
+            // Another node's instance is not this client's to keep alive or judge.
+            match self.holder(id).await {
+                Ok(Holder::ThisNode) => {}
+                Ok(Holder::Nobody | Holder::Other(_)) => {
+                    return Err(RegistryError::NotFound { id: id.to_owned() });
+                }
+                Err(e) => return Err(e.into_registry(&format!("{what} of {id}"))),
+            }
+        }
         let url = self.agent.url("/v1/agent/check/update/", check, "");
         let Err(error) = self.agent.put(&url, Some(body)).await else {
             return Ok(());
@@ -221,6 +287,7 @@ impl ConsulRegistry {
         };
         if lost {
             debug!(service.id = %id, check, "the consul agent lost the instance's check");
+            self.mine().remove(id);
             return Err(RegistryError::NotFound { id: id.to_owned() });
         }
         Err(error.into_registry(&format!("{what} of {id}")))
@@ -294,6 +361,36 @@ impl ConsulRegistry {
         Ok(instances)
     }
 
+    fn mine(&self) -> MutexGuard<'_, HashSet<String>> {
+        // Only inserts and removes happen under it; a poisoned set is still a valid set.
+        self.mine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_mine(&self, id: &str) -> bool {
+        self.mine().contains(id)
+    }
+
+    /// Who holds service `id` on the agent.
+    async fn holder(&self, id: &str) -> Result<Holder, ApiError> {
+        let url = self.agent.url("/v1/agent/service/", id, "");
+        let value = match self.agent.get_json::<Value>(&url).await {
+            Ok(v) => v,
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Ok(Holder::Nobody),
+            Err(e) => return Err(e),
+        };
+        let instance = serde_json::from_value::<wire::Service>(value)
+            .ok()
+            .and_then(|s| s.into_instance(missing_check()));
+        Ok(match instance {
+            Some(i) if *i.origin.node == *self.node => {
+                self.mine().insert(id.to_owned());
+                Holder::ThisNode
+            }
+            Some(i) => Holder::Other(format!("berth on node {:?}", i.origin.node)),
+            None => Holder::Other("a service berth did not register".to_owned()),
+        })
+    }
+
     async fn service_exists(&self, id: &str) -> Result<bool, ApiError> {
         let url = self.agent.url("/v1/agent/service/", id, "");
         match self.agent.get_json::<Value>(&url).await {
@@ -308,6 +405,14 @@ impl ConsulRegistry {
         let checks = self.agent.get_json::<HashMap<String, Value>>(&url).await?;
         Ok(checks.contains_key(check))
     }
+}
+
+/// Who holds a service id on the agent.
+enum Holder {
+    Nobody,
+    ThisNode,
+    /// Another node's berth, or another tool; described for messages.
+    Other(String),
 }
 
 /// Refuses names a URL path cannot carry: `.` and `..` are path steps, even escaped.

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{Health, Instance, Status};
+use crate::instance::{Health, Instance, Status};
+use crate::limits::truncate_output;
 
 /// Name of the check carrying the instance's health, as the Consul UI shows it.
 pub(super) const HEALTH_CHECK_NAME: &str = "berth health";
@@ -23,9 +24,6 @@ const HEALTH_CHECK_TTL: &str = "87600h";
 
 /// Output of the liveness check while berth heartbeats it.
 const ALIVE_OUTPUT: &str = "berth is heartbeating";
-
-/// Longest check output berth sends: Consul's default `check_output_max_size`.
-pub(super) const MAX_OUTPUT_BYTES: usize = 4096;
 
 /// The id of the check carrying the health of service `id`.
 pub(super) fn check_id(id: &str) -> String {
@@ -141,7 +139,7 @@ impl<'a> CheckUpdate<'a> {
     pub(super) fn new(health: &'a Health) -> Self {
         CheckUpdate {
             status: health.status.as_str(),
-            output: cap_output(&health.output),
+            output: truncate_output(&health.output),
         }
     }
 
@@ -152,11 +150,6 @@ impl<'a> CheckUpdate<'a> {
             output: ALIVE_OUTPUT,
         }
     }
-}
-
-/// `output` cut to [`MAX_OUTPUT_BYTES`] on a character boundary.
-pub(super) fn cap_output(output: &str) -> &str {
-    &output[..output.floor_char_boundary(MAX_OUTPUT_BYTES)]
 }
 
 /// A service as `/v1/agent/services` and the `Service` of `/v1/health/service/<name>` show it.
@@ -305,18 +298,6 @@ mod tests {
         ] {
             assert_eq!(go_duration(d), want);
         }
-    }
-
-    #[test]
-    fn output_is_capped_on_a_char_boundary() {
-        assert_eq!(cap_output("short"), "short");
-        let long = "é".repeat(MAX_OUTPUT_BYTES); // two bytes each
-        let capped = cap_output(&long);
-        assert_eq!(capped.len(), MAX_OUTPUT_BYTES);
-        let odd = format!("a{long}");
-        let capped = cap_output(&odd);
-        assert_eq!(capped.len(), MAX_OUTPUT_BYTES - 1);
-        assert!(odd.starts_with(capped));
     }
 
     #[test]

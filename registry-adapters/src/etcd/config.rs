@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 
-use crate::RegistryError;
+use crate::error::RegistryError;
 
 /// How to reach etcd and where to write.
 ///

@@ -29,28 +29,30 @@
 //! | auth token expired (e.g. after an etcd restart) | `Unauthenticated`                | token refreshed, `Unavailable` (retried) |
 //! | connection refused, timeout, no leader      |                                      | `Unavailable` |
 
+mod call;
 mod config;
 mod layout;
+mod lease;
+mod written;
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    TxnResponse,
 };
 use tokio::sync::{Notify, OnceCell};
-use tokio_util::sync::CancellationToken;
-use tonic::Code;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 pub use config::EtcdConfig;
 use layout::segment;
 pub use layout::{Layout, Record};
+use written::{Entry, ListingGuard, Written};
 
-use crate::{Health, Instance, Listing, RegistryError, Status};
+use crate::error::RegistryError;
+use crate::instance::{Health, Instance, Listing, Status};
 
 /// Get operations per read transaction (etcd's default `--max-txn-ops` is 128).
 const READ_BATCH: usize = 100;
@@ -80,75 +82,6 @@ struct Inner {
     written: Mutex<Written>,
 }
 
-/// What this agent last wrote or listed, per instance id.
-#[derive(Default)]
-struct Written {
-    /// Bumped on every write; a listing only replaces entries older than its start.
-    seq: u64,
-    entries: HashMap<String, Entry>,
-    /// The sequence of the latest write or removal per id, kept while a listing that started
-    /// before it may still be merged, so that listing cannot bring back what was removed.
-    changed: HashMap<String, u64>,
-    /// Start sequences of the listings in flight (with multiplicity).
-    listings: BTreeMap<u64, usize>,
-}
-
-impl Written {
-    fn touch(&mut self, id: &str) -> u64 {
-        self.seq += 1;
-        self.changed.insert(id.to_owned(), self.seq);
-        self.seq
-    }
-
-    fn begin_listing(&mut self) -> u64 {
-        *self.listings.entry(self.seq).or_default() += 1;
-        self.seq
-    }
-
-    /// Ends the listing begun at `started`; with `found`, what it read replaces everything
-    /// not written or removed since it began.
-    fn end_listing(&mut self, started: u64, found: Option<HashMap<String, Entry>>) {
-        if let Some(found) = found {
-            self.entries.retain(|_, e| e.seq > started);
-            for (id, entry) in found {
-                if self.changed.get(&id).is_some_and(|seq| *seq > started) {
-                    continue;
-                }
-                self.entries.entry(id).or_insert(entry);
-            }
-        }
-        if let Some(n) = self.listings.get_mut(&started) {
-            *n -= 1;
-            if *n == 0 {
-                self.listings.remove(&started);
-            }
-        }
-        let floor = self.listings.keys().next().copied().unwrap_or(self.seq);
-        self.changed.retain(|_, seq| *seq > floor);
-    }
-}
-
-/// Ends a listing's bookkeeping however `list` returns.
-struct ListingGuard<'a> {
-    written: &'a Mutex<Written>,
-    started: u64,
-    found: Option<HashMap<String, Entry>>,
-}
-
-impl Drop for ListingGuard<'_> {
-    fn drop(&mut self) {
-        lock(self.written).end_listing(self.started, self.found.take());
-    }
-}
-
-#[derive(Clone)]
-struct Entry {
-    key: String,
-    record: Record,
-    lease: i64,
-    seq: u64,
-}
-
 impl std::fmt::Debug for EtcdRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdRegistry")
@@ -157,50 +90,6 @@ impl std::fmt::Debug for EtcdRegistry {
             .field("node", &self.inner.node)
             .field("ttl", &self.inner.ttl)
             .finish_non_exhaustive()
-    }
-}
-
-/// Why one etcd call failed, before it is classified.
-enum Failure {
-    Timeout(Duration),
-    Etcd(etcd_client::Error),
-    /// No connection could be made; already classified.
-    Connect(RegistryError),
-}
-
-impl Failure {
-    fn lease_not_found(&self) -> bool {
-        matches!(self, Failure::Etcd(etcd_client::Error::GRpcStatus(s))
-            if s.code() == Code::NotFound && s.message().contains("lease"))
-    }
-
-    fn unauthenticated(&self) -> bool {
-        matches!(self, Failure::Etcd(etcd_client::Error::GRpcStatus(s)) if s.code() == Code::Unauthenticated)
-    }
-
-    fn into_registry(self, what: &str) -> RegistryError {
-        let unavailable =
-            |message: String, source: Option<etcd_client::Error>| RegistryError::Unavailable {
-                message: format!("{what}: {message}"),
-                source: source.map(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
-            };
-        match self {
-            Failure::Timeout(after) => unavailable(format!("no answer within {after:?}"), None),
-            Failure::Etcd(etcd_client::Error::GRpcStatus(s)) => match s.code() {
-                Code::PermissionDenied | Code::InvalidArgument | Code::FailedPrecondition => {
-                    RegistryError::Rejected {
-                        what: what.to_owned(),
-                        message: s.message().to_owned(),
-                    }
-                }
-                _ => unavailable(format!("{:?}: {}", s.code(), s.message()), None),
-            },
-            Failure::Etcd(e @ etcd_client::Error::InvalidUri(_)) => {
-                RegistryError::Config(format!("{what}: {e}"))
-            }
-            Failure::Etcd(e) => unavailable(e.to_string(), Some(e)),
-            Failure::Connect(e) => e,
-        }
     }
 }
 
@@ -235,120 +124,16 @@ impl EtcdRegistry {
         )
     }
 
-    /// The lease this agent writes with, if it holds one now.
-    pub fn lease(&self) -> Option<i64> {
-        *lock(&self.inner.lease)
-    }
-
-    async fn client(&self) -> Result<Client, RegistryError> {
-        let inner = &self.inner;
-        let connect = async {
-            let connecting = Client::connect(&inner.endpoints, Some(inner.options.clone()));
-            match tokio::time::timeout(inner.request_timeout, connecting).await {
-                Ok(Ok(client)) => Ok(client),
-                Ok(Err(e)) => Err(Failure::Etcd(e).into_registry("connect to etcd")),
-                Err(_) => {
-                    Err(Failure::Timeout(inner.request_timeout).into_registry("connect to etcd"))
-                }
-            }
-        };
-        inner.client.get_or_try_init(|| connect).await.cloned()
-    }
-
-    /// Runs one request with the request timeout. An expired auth token is refreshed for the
-    /// next attempt.
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Failure>
-    where
-        F: FnOnce(Client) -> Fut,
-        Fut: Future<Output = Result<T, etcd_client::Error>>,
-    {
-        let client = self.client().await.map_err(Failure::Connect)?;
-        let timeout = self.inner.request_timeout;
-        let failure = match tokio::time::timeout(timeout, f(client.clone())).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => Failure::Etcd(e),
-            Err(_) => Failure::Timeout(timeout),
-        };
-        if failure.unauthenticated() {
-            debug!("etcd auth token rejected; refreshing it");
-            let _ = tokio::time::timeout(timeout, client.refresh_token()).await;
-        }
-        Err(failure)
-    }
-
-    async fn txn(&self, txn: Txn) -> Result<TxnResponse, Failure> {
-        self.call(|mut c| async move { c.txn(txn).await }).await
-    }
-
-    /// The current lease, granting one when there is none.
-    async fn current_lease(&self) -> Result<i64, RegistryError> {
-        if let Some(id) = self.lease() {
-            return Ok(id);
-        }
-        let _single = self.inner.grant.lock().await;
-        if let Some(id) = self.lease() {
-            return Ok(id);
-        }
-        let ttl = self.inner.ttl.as_secs_f64().ceil() as i64;
-        let granted = self
-            .call(|mut c| async move { c.lease_grant(ttl, None).await })
-            .await
-            .map_err(|f| f.into_registry("grant of the agent's lease"))?;
-        let id = granted.id();
-        *lock(&self.inner.lease) = Some(id);
-        info!(lease = %format!("{id:x}"), ttl = granted.ttl(), "etcd lease granted");
-        Ok(id)
-    }
-
-    /// Forgets `id` if it is still the current lease. Every key on it is gone, so whoever
-    /// runs `keep_lease` is told to have everything written again.
-    fn drop_lease(&self, id: i64) {
-        let mut lease = lock(&self.inner.lease);
-        if *lease == Some(id) {
-            *lease = None;
-            drop(lease);
-            warn!(lease = %format!("{id:x}"), "etcd lease lost (it expired, was revoked, or etcd lost its data); every instance will be written again under a new lease");
-            self.inner.lease_lost.notify_one();
-        }
-    }
-
-    fn remember(&self, id: &str, key: String, record: Record, lease: i64) {
-        let mut w = lock(&self.inner.written);
-        let seq = w.touch(id);
-        w.entries.insert(
-            id.to_owned(),
-            Entry {
-                key,
-                record,
-                lease,
-                seq,
-            },
-        );
-    }
-
-    fn forget(&self, id: &str) {
-        let mut w = lock(&self.inner.written);
-        w.touch(id);
-        w.entries.remove(id);
-    }
-
-    fn entry(&self, id: &str) -> Option<Entry> {
-        lock(&self.inner.written).entries.get(id).cloned()
-    }
-
     /// This node's instances, read through its index. Instances whose keys are held by a
     /// lease other than the current one (a previous agent process's) are listed in
     /// `stale`: they vanish with that lease unless written again. Index entries that point
     /// at nothing are deleted; ones that point at another node's instance make that id
     /// foreign.
-    pub async fn list(&self, node: &str) -> Result<Listing, RegistryError> {
+    pub async fn list(&self) -> Result<Listing, RegistryError> {
         let what = "listing of this node's instances";
-        let started = lock(&self.inner.written).begin_listing();
-        let mut guard = ListingGuard {
-            written: &self.inner.written,
-            started,
-            found: None,
-        };
+        let node = self.inner.node.as_str();
+        let mut guard = ListingGuard::begin(&self.inner.written);
+        let started = guard.started;
         let index_prefix = self.inner.layout.node(node);
         let prefix = index_prefix.clone();
         let index = self
@@ -469,7 +254,7 @@ impl EtcdRegistry {
         let mut retried = false;
         loop {
             let lease = self.current_lease().await?;
-            let previous = self.entry(&instance.id);
+            let previous = self.written().get(&instance.id);
             if let Some(p) = &previous
                 && p.lease == lease
                 && p.key == key
@@ -504,7 +289,7 @@ impl EtcdRegistry {
             match self.txn(txn).await {
                 Ok(resp) if resp.succeeded() || nested_succeeded(&resp) => {
                     debug!(service.id = %instance.id, key = %key, lease = %format!("{lease:x}"), "written to etcd");
-                    self.remember(&instance.id, key, record, lease);
+                    self.written().remember(&instance.id, key, record, lease);
                     return Ok(());
                 }
                 Ok(_) => {
@@ -528,7 +313,9 @@ impl EtcdRegistry {
         let what = format!("deregister of {id}");
         segment("instance id", id)?;
         let index = self.inner.layout.index(&self.inner.node, id);
-        let key = match self.entry(id) {
+        // Bound first: the guard must not live through the match, which locks it again.
+        let known = self.written().get(id);
+        let key = match known {
             Some(e) => e.key,
             None => {
                 let lookup = index.clone();
@@ -539,7 +326,7 @@ impl EtcdRegistry {
                 match resp.kvs().first().and_then(|kv| kv.value_str().ok()) {
                     Some(k) => k.to_owned(),
                     None => {
-                        self.forget(id);
+                        self.written().forget(id);
                         return Ok(());
                     }
                 }
@@ -559,7 +346,7 @@ impl EtcdRegistry {
         if !resp.succeeded() {
             debug!(service.id = %id, "no index entry for it in etcd; nothing to delete");
         }
-        self.forget(id);
+        self.written().forget(id);
         Ok(())
     }
 
@@ -567,7 +354,8 @@ impl EtcdRegistry {
     /// nothing: it answers [`RegistryError::NotFound`] when this backend never wrote or listed
     /// `id`, or dropped it since (its lease was lost), so the caller registers it again.
     pub async fn heartbeat(&self, id: &str) -> Result<(), RegistryError> {
-        match self.entry(id) {
+        let known = self.written().get(id);
+        match known {
             Some(_) => Ok(()),
             None => Err(RegistryError::NotFound { id: id.to_owned() }),
         }
@@ -579,7 +367,7 @@ impl EtcdRegistry {
     /// or when this backend never wrote or listed `id`: the caller registers again.
     pub async fn set_health(&self, id: &str, health: &Health) -> Result<(), RegistryError> {
         let lost = || RegistryError::NotFound { id: id.to_owned() };
-        let Some(entry) = self.entry(id) else {
+        let Some(entry) = self.written().get(id) else {
             return Err(lost());
         };
         // Liveness is the lease's: a lost lease is reported by `keep_lease`, and a key held
@@ -603,16 +391,16 @@ impl EtcdRegistry {
             )]);
         match self.txn(txn).await {
             Ok(resp) if resp.succeeded() => {
-                self.remember(id, entry.key, record, entry.lease);
+                self.written().remember(id, entry.key, record, entry.lease);
                 Ok(())
             }
             Ok(_) => {
-                self.forget(id);
+                self.written().forget(id);
                 Err(lost())
             }
             Err(f) if f.lease_not_found() => {
                 self.drop_lease(entry.lease);
-                self.forget(id);
+                self.written().forget(id);
                 Err(lost())
             }
             Err(f) => Err(f.into_registry(&format!("health update of {id}"))),
@@ -647,97 +435,6 @@ impl EtcdRegistry {
         }
         Ok(instances)
     }
-
-    /// Keeps the agent's lease alive every ttl/3 until `cancel` fires. When the lease is found
-    /// gone (etcd answers so to the renewal, or to a write), forgets it and wakes `lost`:
-    /// everything must be written again, because every key on it went with it.
-    pub async fn keep_lease(&self, lost: Arc<Notify>, cancel: CancellationToken) {
-        let every = (self.inner.ttl / 3).max(Duration::from_millis(500));
-        let mut keeper: Option<(i64, LeaseKeeper, LeaseKeepAliveStream)> = None;
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = self.inner.lease_lost.notified() => {
-                    keeper = None;
-                    failing = false;
-                    lost.notify_one();
-                    continue;
-                }
-                _ = tokio::time::sleep(every) => {}
-            }
-            let Some(lease) = self.lease() else {
-                keeper = None;
-                continue;
-            };
-            let renewed =
-                tokio::time::timeout(self.inner.request_timeout, self.renew(lease, &mut keeper))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(format!("no answer within {:?}", self.inner.request_timeout))
-                    });
-            match renewed {
-                Ok(true) => {
-                    if failing {
-                        info!(lease = %format!("{lease:x}"), "etcd lease renewed again");
-                    }
-                    failing = false;
-                }
-                // Passed on to `lost` by the `lease_lost` branch above.
-                Ok(false) => self.drop_lease(lease),
-                Err(error) => {
-                    keeper = None;
-                    if !failing {
-                        warn!(lease = %format!("{lease:x}"), %error, "cannot renew the etcd lease; retrying every {every:?}");
-                    }
-                    failing = true;
-                }
-            }
-        }
-    }
-
-    /// One keep-alive round trip on the (re)opened stream: `Ok(false)` when etcd says the
-    /// lease is gone.
-    async fn renew(
-        &self,
-        lease: i64,
-        keeper: &mut Option<(i64, LeaseKeeper, LeaseKeepAliveStream)>,
-    ) -> Result<bool, String> {
-        if keeper.as_ref().map(|k| k.0) != Some(lease) {
-            let mut client = self.client().await.map_err(|e| e.to_string())?;
-            // Opening the stream renews once; it answers this error for a TTL of 0.
-            let (k, s) = match client.lease_keep_alive(lease).await {
-                Ok(opened) => opened,
-                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
-                    return Ok(false);
-                }
-                Err(e) => {
-                    let failure = Failure::Etcd(e);
-                    if failure.lease_not_found() {
-                        return Ok(false);
-                    }
-                    return Err(failure.into_registry("lease keep-alive").to_string());
-                }
-            };
-            *keeper = Some((lease, k, s));
-        }
-        let Some((_, k, s)) = keeper.as_mut() else {
-            return Err("no keep-alive stream".into());
-        };
-        k.keep_alive().await.map_err(|e| e.to_string())?;
-        match s.message().await {
-            Ok(Some(resp)) => Ok(resp.ttl() > 0),
-            Ok(None) => Err("keep-alive stream closed".into()),
-            Err(e) => {
-                let failure = Failure::Etcd(e);
-                if failure.lease_not_found() {
-                    Ok(false)
-                } else {
-                    Err(failure.into_registry("lease keep-alive").to_string())
-                }
-            }
-        }
-    }
 }
 
 fn nested_succeeded(resp: &TxnResponse) -> bool {
@@ -746,97 +443,13 @@ fn nested_succeeded(resp: &TxnResponse) -> bool {
         .any(|op| matches!(op, TxnOpResponse::Txn(t) if t.succeeded()))
 }
 
+impl EtcdRegistry {
+    fn written(&self) -> MutexGuard<'_, Written> {
+        lock(&self.inner.written)
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // No critical section here can panic half-way through an update.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Origin;
-
-    fn entry(id: &str, seq: u64) -> Entry {
-        let instance = Instance {
-            id: id.into(),
-            name: "web".into(),
-            address: "10.0.0.1".into(),
-            port: 80,
-            tags: vec![],
-            meta: Default::default(),
-            origin: Origin {
-                node: "n".into(),
-                container_id: "c".into(),
-                container_name: "c".into(),
-                image: "i".into(),
-            },
-            health: Health::passing("ok"),
-        };
-        Entry {
-            key: format!("/berth/services/web/{id}"),
-            record: Record::new(&instance, &instance.health, SystemTime::UNIX_EPOCH),
-            lease: 7,
-            seq,
-        }
-    }
-
-    fn write(w: &mut Written, id: &str) {
-        let seq = w.touch(id);
-        w.entries.insert(id.into(), entry(id, seq));
-    }
-
-    fn remove(w: &mut Written, id: &str) {
-        w.touch(id);
-        w.entries.remove(id);
-    }
-
-    #[test]
-    fn a_listing_cannot_bring_back_what_was_removed_while_it_ran() {
-        let mut w = Written::default();
-        write(&mut w, "a");
-        let started = w.begin_listing();
-        // The listing reads "a"; then "a" is deregistered before the listing is merged.
-        remove(&mut w, "a");
-        let found = HashMap::from([("a".to_owned(), entry("a", started))]);
-        w.end_listing(started, Some(found));
-        assert!(!w.entries.contains_key("a"));
-    }
-
-    #[test]
-    fn a_listing_keeps_writes_made_while_it_ran_and_drops_what_it_did_not_find() {
-        let mut w = Written::default();
-        write(&mut w, "gone");
-        let started = w.begin_listing();
-        write(&mut w, "new");
-        w.end_listing(started, Some(HashMap::new()));
-        assert!(
-            w.entries.contains_key("new"),
-            "written after the listing began"
-        );
-        assert!(!w.entries.contains_key("gone"), "not in etcd any more");
-    }
-
-    #[test]
-    fn change_marks_live_as_long_as_an_older_listing_is_in_flight() {
-        let mut w = Written::default();
-        let slow = w.begin_listing();
-        remove(&mut w, "a");
-        let fast = w.begin_listing();
-        w.end_listing(fast, Some(HashMap::new()));
-        assert!(
-            w.changed.contains_key("a"),
-            "the slow listing still needs it"
-        );
-        let found = HashMap::from([("a".to_owned(), entry("a", slow))]);
-        w.end_listing(slow, Some(found));
-        assert!(!w.entries.contains_key("a"));
-        assert!(
-            w.changed.is_empty() && w.listings.is_empty(),
-            "pruned once none is in flight"
-        );
-        // A failed listing ends its bookkeeping too.
-        let failed = w.begin_listing();
-        w.end_listing(failed, None);
-        assert!(w.listings.is_empty());
-    }
 }

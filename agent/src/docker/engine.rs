@@ -1,0 +1,257 @@
+//! The real Docker engine, through bollard, with a timeout on every call.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{EventMessage, EventMessageTypeEnum};
+use bollard::query_parameters::{
+    EventsOptionsBuilder, ListContainersOptionsBuilder, RestartContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use super::view::ContainerView;
+use super::{DockerError, Event, RESTART_STOP_TIMEOUT};
+
+/// Container event actions that can change what a container registers. `health_status`
+/// arrives as `health_status: healthy`, so matching is by prefix.
+const CONTAINER_ACTIONS: &[&str] = &[
+    "start",
+    "die",
+    "stop",
+    "kill",
+    "destroy",
+    "pause",
+    "unpause",
+    "rename",
+    "health_status",
+    "update",
+];
+
+/// A bollard client with a timeout on every call.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    docker: bollard::Docker,
+    endpoint: String,
+    timeout: Duration,
+}
+
+impl Engine {
+    /// Builds a client for `host` (`unix:///…`, `tcp://…`, `http://…`), or the default socket
+    /// when `None`. Does not talk to the engine yet.
+    pub fn new(host: Option<&str>, timeout: Duration) -> Result<Engine, DockerError> {
+        let endpoint = host
+            .map(str::to_owned)
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
+        let secs = timeout.as_secs().max(1);
+        let docker = if endpoint.starts_with("unix://") || endpoint.starts_with('/') {
+            let path = endpoint.trim_start_matches("unix://");
+            bollard::Docker::connect_with_unix(path, secs, bollard::API_DEFAULT_VERSION)
+        } else {
+            let http = endpoint.replacen("tcp://", "http://", 1);
+            bollard::Docker::connect_with_http(&http, secs, bollard::API_DEFAULT_VERSION)
+        }
+        .map_err(|source| DockerError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
+        Ok(Engine {
+            docker,
+            endpoint,
+            timeout,
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, BollardError>>,
+    ) -> Result<T, DockerError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => Err(DockerError::Api { op, source }),
+            Err(_) => Err(DockerError::Timeout {
+                op,
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// Agrees on an API version with the engine (this bollard speaks a newer API than older
+    /// engines accept).
+    pub async fn negotiate(&mut self) -> Result<(), DockerError> {
+        let docker = self.docker.clone();
+        self.docker = self.timed("version", docker.negotiate_version()).await?;
+        Ok(())
+    }
+
+    pub async fn node_name(&self) -> Result<String, DockerError> {
+        let info = self.timed("info", self.docker.info()).await?;
+        Ok(info.name.unwrap_or_default())
+    }
+
+    pub async fn list_ids(&self) -> Result<Vec<String>, DockerError> {
+        // Running and paused containers only: a stopped container registers nothing, and any
+        // registration it left behind is found through the registry side of the snapshot.
+        let opts = ListContainersOptionsBuilder::default().all(false).build();
+        let list = self
+            .timed("list containers", self.docker.list_containers(Some(opts)))
+            .await?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    pub async fn inspect(&self, id: &str) -> Result<Option<ContainerView>, DockerError> {
+        match self
+            .timed("inspect", self.docker.inspect_container(id, None))
+            .await
+        {
+            Ok(c) => Ok(Some(ContainerView::from_inspect(&c))),
+            Err(DockerError::Api {
+                source:
+                    BollardError::DockerResponseServerError {
+                        status_code: 404, ..
+                    },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn restart(&self, id: &str) -> Result<(), DockerError> {
+        let opts = RestartContainerOptionsBuilder::default()
+            .t(RESTART_STOP_TIMEOUT.as_secs() as i32)
+            .build();
+        let op = "restart";
+        let call = self.docker.restart_container(id, Some(opts));
+        let timeout = self.timeout + RESTART_STOP_TIMEOUT;
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(DockerError::Api { op, source }),
+            Err(_) => Err(DockerError::Timeout { op, timeout }),
+        }
+    }
+
+    /// Container and network events since `since`, reduced to the ones berth acts on.
+    pub fn events(&self, since: i64) -> BoxStream<'static, Result<Event, DockerError>> {
+        let filters = HashMap::from([("type", vec!["container", "network"])]);
+        let opts = EventsOptionsBuilder::default()
+            .since(&since.to_string())
+            .filters(&filters)
+            .build();
+        self.docker
+            .events(Some(opts))
+            .filter_map(|ev| async move {
+                match ev {
+                    Ok(ev) => relevant(&ev).map(Ok),
+                    Err(source) => Some(Err(DockerError::Api {
+                        op: "event stream",
+                        source,
+                    })),
+                }
+            })
+            .boxed()
+    }
+}
+
+/// The event berth acts on, if this one can change a registration.
+fn relevant(ev: &EventMessage) -> Option<Event> {
+    let action = ev.action.as_deref()?;
+    let actor = ev.actor.as_ref()?;
+    let container = match ev.typ? {
+        EventMessageTypeEnum::CONTAINER
+            if CONTAINER_ACTIONS.iter().any(|a| action.starts_with(a)) =>
+        {
+            actor.id.clone()?
+        }
+        EventMessageTypeEnum::NETWORK if action == "connect" || action == "disconnect" => {
+            actor.attributes.as_ref()?.get("container").cloned()?
+        }
+        _ => return None,
+    };
+    Some(Event {
+        container,
+        action: action.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use bollard::models::EventActor;
+
+    fn ev(
+        typ: EventMessageTypeEnum,
+        action: &str,
+        id: &str,
+        attrs: &[(&str, &str)],
+    ) -> EventMessage {
+        EventMessage {
+            typ: Some(typ),
+            action: Some(action.into()),
+            actor: Some(EventActor {
+                id: Some(id.into()),
+                attributes: Some(
+                    attrs
+                        .iter()
+                        .map(|(k, v)| ((*k).into(), (*v).into()))
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn container_of(e: &EventMessage) -> Option<String> {
+        relevant(e).map(|e| e.container)
+    }
+
+    #[test]
+    fn relevant_events_map_to_their_container() {
+        use EventMessageTypeEnum::*;
+        for action in [
+            "start",
+            "die",
+            "stop",
+            "kill",
+            "destroy",
+            "pause",
+            "unpause",
+            "rename",
+            "update",
+            "health_status: unhealthy",
+        ] {
+            let got = relevant(&ev(CONTAINER, action, "c1", &[]));
+            assert_eq!(
+                got,
+                Some(Event {
+                    container: "c1".into(),
+                    action: action.into()
+                }),
+                "{action}"
+            );
+        }
+        for action in ["exec_start: sh", "attach", "resize", "top", "create"] {
+            assert_eq!(
+                container_of(&ev(CONTAINER, action, "c1", &[])),
+                None,
+                "{action}"
+            );
+        }
+        assert_eq!(
+            container_of(&ev(NETWORK, "connect", "net1", &[("container", "c2")])),
+            Some("c2".into())
+        );
+        assert_eq!(
+            container_of(&ev(NETWORK, "disconnect", "net1", &[("container", "c2")])),
+            Some("c2".into())
+        );
+        assert_eq!(container_of(&ev(NETWORK, "create", "net1", &[])), None);
+        assert_eq!(container_of(&ev(IMAGE, "pull", "i", &[])), None);
+    }
+}

@@ -1,0 +1,181 @@
+//! One container's reconcile, level-triggered: inspect → [`labels::plan_container`] →
+//! [`Prober::sync`](crate::probe::Prober::sync) (probe verdicts replace the health of probed
+//! instances; withdrawn ones are left out) → [`Store::plan_container`] → apply each write →
+//! record it. A labelled container Docker calls unhealthy is also handed to self-healing.
+//!
+//! [`Store::plan_container`]: super::store::Store::plan_container
+
+use std::time::Duration;
+
+use berth_registry::RegistryError;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::Context;
+use super::apply::apply;
+use crate::docker::view::{ContainerView, DockerHealth};
+use crate::heal;
+use crate::labels::{self, Level, Note};
+
+/// How a container's reconcile ended, for the controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The registry holds what the container wants (or all that it will take).
+    Converged,
+    /// A write the registry refused is parked; try again after this long.
+    Parked(Duration),
+    /// Something failed that may pass (Docker or the registry unavailable, an id still held
+    /// by a predecessor): retry with backoff.
+    Retry,
+}
+
+impl Outcome {
+    /// The more urgent of two outcomes: a retry beats a park, the earlier park wins.
+    fn and(self, other: Outcome) -> Outcome {
+        match (self, other) {
+            (Outcome::Retry, _) | (_, Outcome::Retry) => Outcome::Retry,
+            (Outcome::Parked(a), Outcome::Parked(b)) => Outcome::Parked(a.min(b)),
+            (Outcome::Parked(d), Outcome::Converged) | (Outcome::Converged, Outcome::Parked(d)) => {
+                Outcome::Parked(d)
+            }
+            (Outcome::Converged, Outcome::Converged) => Outcome::Converged,
+        }
+    }
+}
+
+/// Waits for a permit, then reconciles `id`.
+pub async fn reconcile_container(ctx: &Context, id: &str, permits: &Semaphore) -> Outcome {
+    let Ok(_permit) = permits.acquire().await else {
+        // Shutting down: the permits are closed.
+        return Outcome::Converged;
+    };
+    let span = info_span!("reconcile", container = %crate::docker::short_id(id));
+    reconcile(ctx, id).instrument(span).await
+}
+
+async fn reconcile(ctx: &Context, id: &str) -> Outcome {
+    let (mut outcome, name) = match ctx.docker.inspect(id).await {
+        Ok(Some(view)) => {
+            let outcome = labels::plan_container(&view, &ctx.settings);
+            if outcome.autoheal {
+                request_heal_if_unhealthy(ctx, &view);
+            }
+            (outcome, view.name)
+        }
+        // Gone: nothing is desired, so whatever it registered is removed.
+        Ok(None) => {
+            ctx.prober.forget(id);
+            (labels::Outcome::default(), String::new())
+        }
+        Err(e) => {
+            warn!(error = %crate::telemetry::chain(&e), "cannot inspect container; will retry");
+            return Outcome::Retry;
+        }
+    };
+    apply_verdicts(ctx, id, &name, &mut outcome);
+    if ctx.store.set_notes(id, outcome.notes.clone()) {
+        for note in &outcome.notes {
+            match note.level {
+                Level::Warn => warn!(container.name = %name, note = %note.message, "label problem"),
+                Level::Info => debug!(container.name = %name, note = %note.message, "label note"),
+            }
+        }
+    }
+
+    let plan = ctx
+        .store
+        .plan_container(&ctx.settings.node, id, &outcome.instances);
+    ctx.store.keep_parked(id, plan.ops.iter().map(|op| op.id()));
+    let mut result = Outcome::Converged;
+    for c in &plan.conflicts {
+        // An id held by another container of this node is usually a container recreated
+        // under the same name whose predecessor is being deregistered right now.
+        if ctx.store.holder(&c.id).is_some_and(|holder| holder != id) {
+            debug!(service.id = %c.id, "id still held by another container of this node; retrying");
+            result = result.and(Outcome::Retry);
+        } else {
+            warn!(service.id = %c.id, reason = c.reason, "not registered");
+        }
+    }
+    for op in plan.ops {
+        let now = Instant::now();
+        if let Some(until) = ctx.store.parked_until(&op, now) {
+            result = result.and(Outcome::Parked(until - now));
+            continue;
+        }
+        match apply(ctx, &op).await {
+            Ok(()) => ctx.store.unpark(op.id()),
+            // Lost meanwhile (`NotFound`), or the registry is down: try again soon.
+            Err(e @ (RegistryError::NotFound { .. } | RegistryError::Unavailable { .. })) => {
+                warn!(service.id = %op.id(), error = %crate::telemetry::chain(&e), "registry write failed; will retry");
+                result = result.and(Outcome::Retry);
+            }
+            // Refused: retrying at the outage rate would only repeat the refusal.
+            Err(e) => {
+                let reason = crate::telemetry::chain(&e);
+                let until = ctx.store.park(id, &op, &reason, now);
+                warn!(service.id = %op.id(), error = %reason, retry_in = ?(until - now), "registry refused the write; parked");
+                result = result.and(Outcome::Parked(until - now));
+            }
+        }
+    }
+    result
+}
+
+/// A Docker HEALTHCHECK that reports unhealthy asks self-healing for a restart.
+fn request_heal_if_unhealthy(ctx: &Context, view: &ContainerView) {
+    let Some(DockerHealth::Unhealthy(out)) = &view.health else {
+        return;
+    };
+    let reason = if out.is_empty() {
+        "Docker HEALTHCHECK reports unhealthy".to_owned()
+    } else {
+        // One line: it ends up in a log record and a health output.
+        let first = out.lines().next().unwrap_or_default();
+        format!("Docker HEALTHCHECK reports unhealthy: {first}")
+    };
+    heal::request(
+        &ctx.heal,
+        heal::Request {
+            container: view.id.clone(),
+            name: view.name.clone(),
+            reason,
+        },
+    );
+}
+
+/// Puts each probed instance's verdict on it, and leaves out the withdrawn ones.
+fn apply_verdicts(ctx: &Context, id: &str, name: &str, outcome: &mut labels::Outcome) {
+    let verdicts = ctx.prober.sync(id, name, outcome);
+    // Instances without checks (Docker's health) show a self-healing restart too; probed
+    // ones carry it in their verdict.
+    let heal_note = ctx.prober.heal_note(id);
+    let mut withdrawn = Vec::new();
+    outcome.instances.retain_mut(|i| match verdicts.get(&i.id) {
+        Some(v) if v.withdrawn => {
+            withdrawn.push(i.id.clone());
+            false
+        }
+        Some(v) => {
+            i.health = v.health.clone();
+            true
+        }
+        None => {
+            if let Some(note) = &heal_note {
+                let output = format!("{}\n{note}", i.health.output);
+                i.health.output = labels::truncate_output(&output).to_owned();
+            }
+            true
+        }
+    });
+    for w in withdrawn {
+        outcome.notes.push(Note {
+            level: Level::Warn,
+            message: format!(
+                "instance {w} has been critical longer than its deregister_after; withdrawn \
+                 until its checks pass again"
+            ),
+        });
+    }
+}

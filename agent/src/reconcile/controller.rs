@@ -1,0 +1,256 @@
+//! The reconcile controller: one task that decides when each container is reconciled.
+//!
+//! - `Trigger::Container(id)` and a recheck from the prober: reconcile that container. Work is
+//!   ordered per container (never two reconciles of one container at once; a trigger that
+//!   arrives meanwhile marks it dirty and it runs once more afterwards) and concurrent across
+//!   containers, bounded by a semaphore.
+//! - `Trigger::Snapshot(ids)`: read what this node owns from the registry, replace the
+//!   [`Store`](super::store::Store) with it, then reconcile every container that Docker lists,
+//!   the registry holds, or that is being reconciled. Listings are numbered, and one older
+//!   than the listing already applied is ignored.
+//! - A reconcile that fails for a reason that may pass is retried with jittered backoff
+//!   ([`Backoff::RETRY`]); one with a write the registry refused is retried when the write's
+//!   park ends ([`Backoff::PARKED`]); at most one retry is pending per container. A reconcile
+//!   task that panics frees its container, which is retried.
+//!
+//! All bookkeeping is owned by this one task, so it needs no locks.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_registry::{Listing, RegistryError};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::container::{Outcome, reconcile_container};
+use super::{Context, Trigger, apply};
+use crate::backoff::Backoff;
+
+/// Tunables of the reconciler.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Containers reconciled at once.
+    pub concurrency: usize,
+    /// Remove every owned registration when cancelled.
+    pub deregister_on_exit: bool,
+}
+
+/// How long in-flight reconciles may run after cancel before they are aborted, so that
+/// `--deregister-on-exit` still fits in `main`'s drain timeout.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(4);
+
+/// The reconcile controller task.
+#[derive(Debug)]
+pub struct Reconciler {
+    ctx: Context,
+    options: Options,
+}
+
+enum Done {
+    Container {
+        id: String,
+        outcome: Outcome,
+    },
+    Retry(String),
+    Snapshot {
+        seq: u64,
+        listing: Result<Listing, RegistryError>,
+        ids: Vec<String>,
+    },
+}
+
+struct Controller {
+    ctx: Context,
+    permits: Arc<Semaphore>,
+    jobs: JoinSet<Done>,
+    /// Container reconcile tasks, so a panicked one frees its container.
+    tasks: HashMap<tokio::task::Id, String>,
+    running: HashSet<String>,
+    dirty: HashSet<String>,
+    /// Consecutive failed reconciles per container, for the retry backoff.
+    failures: HashMap<String, u32>,
+    /// Containers with a retry timer pending (at most one each).
+    retrying: HashSet<String>,
+    /// Sequence of the latest snapshot started and of the latest listing applied, so an
+    /// older listing never overwrites a newer one.
+    snapshot_seq: u64,
+    applied_seq: u64,
+    cancel: CancellationToken,
+}
+
+impl Controller {
+    fn schedule(&mut self, id: String) {
+        if self.running.contains(&id) {
+            self.dirty.insert(id);
+            return;
+        }
+        self.running.insert(id.clone());
+        let handle = self
+            .jobs
+            .spawn(job(self.ctx.clone(), id.clone(), self.permits.clone()));
+        self.tasks.insert(handle.id(), id);
+    }
+
+    fn container_done(&mut self, id: String, outcome: Outcome) {
+        self.running.remove(&id);
+        if self.dirty.remove(&id) {
+            self.schedule(id);
+            return;
+        }
+        let delay = match outcome {
+            Outcome::Converged => {
+                self.failures.remove(&id);
+                return;
+            }
+            Outcome::Parked(until) => until,
+            Outcome::Retry => {
+                let n = self.failures.entry(id.clone()).or_insert(0);
+                *n = n.saturating_add(1);
+                Backoff::RETRY.delay(*n, &mut rand::rng())
+            }
+        };
+        if self.retrying.insert(id.clone()) {
+            let cancel = self.cancel.clone();
+            self.jobs.spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                Done::Retry(id)
+            });
+        }
+    }
+
+    fn start_snapshot(&mut self, ids: Vec<String>) {
+        self.snapshot_seq += 1;
+        let seq = self.snapshot_seq;
+        let registry = self.ctx.registry.clone();
+        self.jobs.spawn(async move {
+            Done::Snapshot {
+                seq,
+                listing: registry.list().await,
+                ids,
+            }
+        });
+    }
+
+    fn snapshot_done(
+        &mut self,
+        seq: u64,
+        listing: Result<Listing, RegistryError>,
+        ids: Vec<String>,
+    ) {
+        // Everything the store knew before, too: a registration written while the listing
+        // was in flight is not in the listing, and must be reconciled (and so re-recorded).
+        let mut all: HashSet<String> = ids.into_iter().collect();
+        all.extend(self.ctx.store.containers());
+        all.extend(self.running.iter().cloned());
+        match listing {
+            Ok(listing) if seq > self.applied_seq => {
+                self.applied_seq = seq;
+                debug!(
+                    owned = listing.owned.len(),
+                    foreign = listing.foreign_ids.len(),
+                    stale = listing.stale.len(),
+                    "registry listing"
+                );
+                self.ctx.store.replace(listing);
+            }
+            Ok(_) => debug!(seq, "ignoring a listing older than the one applied"),
+            Err(e) => warn!(
+                registry = %self.ctx.registry.describe(),
+                error = %crate::telemetry::chain(&e),
+                "cannot read the registry; reconciling against the last known state"
+            ),
+        }
+        all.extend(self.ctx.store.containers());
+        for id in all {
+            self.schedule(id);
+        }
+    }
+
+    fn on_done(&mut self, done: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
+        match done {
+            Ok((task, Done::Container { id, outcome })) => {
+                self.tasks.remove(&task);
+                self.container_done(id, outcome);
+            }
+            Ok((_, Done::Retry(id))) => {
+                self.retrying.remove(&id);
+                self.schedule(id);
+            }
+            Ok((_, Done::Snapshot { seq, listing, ids })) => self.snapshot_done(seq, listing, ids),
+            Err(e) => {
+                let container = self.tasks.remove(&e.id());
+                warn!(error = %e, container = container.as_deref().map(crate::docker::short_id), "reconcile task failed; retrying its container");
+                if let Some(id) = container {
+                    self.container_done(id, Outcome::Retry);
+                }
+            }
+        }
+    }
+}
+
+/// One container's reconcile as a controller job.
+async fn job(ctx: Context, id: String, permits: Arc<Semaphore>) -> Done {
+    let outcome = reconcile_container(&ctx, &id, &permits).await;
+    Done::Container { id, outcome }
+}
+
+impl Reconciler {
+    pub fn new(ctx: Context, options: Options) -> Reconciler {
+        Reconciler { ctx, options }
+    }
+
+    /// Runs until `cancel` fires or every trigger sender is gone, then finishes the writes in
+    /// flight (and deregisters everything with `deregister_on_exit`). `recheck` carries
+    /// containers whose probe verdict changed.
+    pub async fn run(
+        self,
+        mut triggers: mpsc::Receiver<Trigger>,
+        mut recheck: mpsc::Receiver<String>,
+        cancel: CancellationToken,
+    ) {
+        let mut c = Controller {
+            ctx: self.ctx.clone(),
+            permits: Arc::new(Semaphore::new(self.options.concurrency)),
+            jobs: JoinSet::new(),
+            tasks: HashMap::new(),
+            running: HashSet::new(),
+            dirty: HashSet::new(),
+            failures: HashMap::new(),
+            retrying: HashSet::new(),
+            snapshot_seq: 0,
+            applied_seq: 0,
+            cancel: cancel.clone(),
+        };
+
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(done) = c.jobs.join_next_with_id() => c.on_done(done),
+                Some(id) = recheck.recv() => c.schedule(id),
+                t = triggers.recv() => match t {
+                    None => break,
+                    Some(Trigger::Container(id)) => c.schedule(id),
+                    Some(Trigger::Snapshot(ids)) => c.start_snapshot(ids),
+                },
+            }
+        }
+
+        // Reconciles still waiting for a permit do not start; those in flight finish their
+        // writes within a grace period; retry timers and snapshots end at once on cancel.
+        c.permits.close();
+        let drain = async { while c.jobs.join_next().await.is_some() {} };
+        if tokio::time::timeout(IN_FLIGHT_GRACE, drain).await.is_err() {
+            warn!(grace = ?IN_FLIGHT_GRACE, "in-flight reconciles did not finish; aborting them");
+            c.jobs.abort_all();
+        }
+        if self.options.deregister_on_exit {
+            apply::deregister_all(&self.ctx).await;
+        }
+    }
+}

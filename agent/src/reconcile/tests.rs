@@ -1,0 +1,567 @@
+//! The reconciler on paused time, against the scripted Docker engine and the memory registry:
+//! per-container ordering, the dirty re-run, retries with backoff and jitter, parked refusals,
+//! listing order, panic recovery, and the repairs after a registry loses instances. Each test
+//! names the mechanism it proves and fails without it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use berth_registry::Registry;
+use berth_registry::memory::{MemoryRegistry, Op as Call};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use super::*;
+use crate::app::App;
+use crate::docker::scripted::Scripted;
+use crate::docker::view::{Attachment, Binding, ContainerView, PortProto, Proto};
+use crate::probe::exec::Executor;
+
+const NODE: &str = "n1";
+
+/// A running container labelled `SERVICE_NAME=web`, with port 80 published on `host_port`.
+fn web(id: &str, host_port: u16) -> ContainerView {
+    let pp = PortProto {
+        port: 80,
+        proto: Proto::Tcp,
+    };
+    ContainerView {
+        id: id.to_owned(),
+        name: format!("ctr-{id}"),
+        image: "web:1".to_owned(),
+        labels: BTreeMap::from([("SERVICE_NAME".to_owned(), "web".to_owned())]),
+        env: BTreeMap::new(),
+        running: true,
+        paused: false,
+        health: None,
+        network_mode: "bridge".to_owned(),
+        networks: vec![Attachment {
+            name: "bridge".to_owned(),
+            ipv4: Some(Ipv4Addr::new(172, 17, 0, 2)),
+            ipv6: None,
+        }],
+        exposed: vec![pp],
+        bindings: vec![Binding {
+            private: pp,
+            host_ip: None,
+            host_port,
+            v6_wildcard: false,
+        }],
+    }
+}
+
+/// The instance id of `web(id, _)`.
+fn instance_id(id: &str) -> String {
+    format!("{NODE}:ctr-{id}:80")
+}
+
+fn settings() -> labels::Settings {
+    labels::Settings {
+        node: NODE.to_owned(),
+        host_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        internal: false,
+        network: None,
+        explicit: false,
+    }
+}
+
+/// The controller and the heartbeater on channels the test holds; no Docker source, so no
+/// resync: only the mechanism under test can repair anything.
+struct Harness {
+    docker: Scripted,
+    memory: MemoryRegistry,
+    ctx: Context,
+    triggers: mpsc::Sender<Trigger>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+use tokio_util::sync::CancellationToken;
+
+fn harness(beat_every: Duration) -> Harness {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let docker = Scripted::default();
+    let memory = MemoryRegistry::new(NODE);
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (tx, rx) = mpsc::channel(1024);
+    let (recheck_tx, recheck_rx) = mpsc::channel(1024);
+    let (heal_tx, _heal_rx) = mpsc::channel(16);
+    let prober = Prober::new(
+        Executor::new().unwrap(),
+        crate::probe::Options {
+            concurrency: 4,
+            autoheal_failures: 3,
+        },
+        recheck_tx,
+        heal_tx.clone(),
+        tracker.clone(),
+        cancel.child_token(),
+    );
+    let ctx = Context {
+        docker: Docker::Scripted(docker.clone()),
+        registry: Registry::Memory(memory.clone()),
+        store: Arc::new(Store::new(beat_every)),
+        settings: Arc::new(settings()),
+        prober,
+        heal: heal_tx,
+    };
+    tracker.spawn(
+        Reconciler::new(
+            ctx.clone(),
+            Options {
+                concurrency: 4,
+                deregister_on_exit: false,
+            },
+        )
+        .run(rx, recheck_rx, cancel.clone()),
+    );
+    tracker.spawn(heartbeat::run(
+        ctx.registry.clone(),
+        ctx.store.clone(),
+        tx.clone(),
+        cancel.clone(),
+    ));
+    Harness {
+        docker,
+        memory,
+        ctx,
+        triggers: tx,
+        cancel,
+        tracker,
+    }
+}
+
+impl Harness {
+    async fn trigger(&self, id: &str) {
+        self.triggers
+            .send(Trigger::Container(id.to_owned()))
+            .await
+            .unwrap();
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        tokio::time::timeout(Duration::from_secs(30), self.tracker.wait())
+            .await
+            .expect("the tasks drain");
+    }
+}
+
+/// Register calls for `id`, failed ones included, with their times.
+fn register_attempts(memory: &MemoryRegistry, id: &str) -> Vec<Instant> {
+    memory
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == Call::Register && c.id == id)
+        .map(|c| c.at)
+        .collect()
+}
+
+/// The port `id` is registered with, if it is.
+fn registered_port(memory: &MemoryRegistry, id: &str) -> Option<u16> {
+    match memory.get(id)? {
+        berth_registry::memory::Entry::Berth(i) => Some(i.port),
+        berth_registry::memory::Entry::Foreign => None,
+    }
+}
+
+/// Waits (on paused time, so it costs nothing) until `f` holds, at most `limit`.
+async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Mechanism: the `running`/`dirty` sets. Triggers that arrive while a container is being
+/// reconciled never start a second reconcile of it; they collapse into one more run after
+/// it, which sees what changed meanwhile.
+#[tokio::test(start_paused = true)]
+async fn one_container_is_reconciled_by_one_task_at_a_time_and_once_more_after_changes() {
+    let h = harness(Duration::from_secs(5));
+    h.docker.put(web("c1", 30001));
+    h.docker.delay_inspects("c1", Duration::from_secs(1));
+    for _ in 0..5 {
+        h.trigger("c1").await;
+    }
+    // Half-way through the first inspect (which answers with what it saw when asked), the
+    // container changes and Docker says so again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.docker.put(web("c1", 30002));
+    h.trigger("c1").await;
+
+    let id = instance_id("c1");
+    until("the change registered", Duration::from_secs(10), || {
+        registered_port(&h.memory, &id) == Some(30002)
+    })
+    .await;
+    assert_eq!(h.docker.max_concurrent_inspects("c1"), 1);
+    assert_eq!(
+        h.docker.inspects_of("c1"),
+        2,
+        "six triggers: the first reconcile and one re-run"
+    );
+    assert_eq!(h.memory.registers_of(&id), 2, "30001, then 30002");
+    h.stop().await;
+}
+
+/// Mechanism: the retry backoff and its jitter. While the registry is down a container is
+/// retried with doubling, jittered delays; once the registry answers it is registered and
+/// not retried any more.
+#[tokio::test(start_paused = true)]
+async fn failed_writes_are_retried_with_doubling_jittered_delays_until_they_succeed() {
+    let h = harness(Duration::from_secs(5));
+    let id = instance_id("c1");
+    h.memory.set_unavailable(true);
+    h.docker.put(web("c1", 30001));
+    h.trigger("c1").await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+
+    let attempts = register_attempts(&h.memory, &id);
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() >= 5, "{gaps:?}");
+    for (k, gap) in gaps.iter().take(5).enumerate() {
+        let full = Duration::from_millis(500) * (1 << k);
+        assert!(
+            *gap >= full / 2 && *gap <= full,
+            "retry {}: waited {gap:?}, want [{:?}, {full:?}]; all gaps {gaps:?}",
+            k + 1,
+            full / 2
+        );
+    }
+    assert!(
+        gaps.iter()
+            .take(5)
+            .enumerate()
+            .any(|(k, g)| *g < Duration::from_millis(500) * (1 << k)),
+        "jittered, not exactly doubling: {gaps:?}"
+    );
+
+    h.memory.set_unavailable(false);
+    until(
+        "registered once the registry answers",
+        Duration::from_secs(20),
+        || registered_port(&h.memory, &id).is_some(),
+    )
+    .await;
+    let after = register_attempts(&h.memory, &id).len();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        register_attempts(&h.memory, &id).len(),
+        after,
+        "converged: no more retries"
+    );
+    h.stop().await;
+}
+
+/// Mechanism: parking. A write the registry refuses is not retried at the outage rate; it
+/// waits, its reason is kept for the status output, and other containers are unaffected.
+/// Once the registry would take it, a later try succeeds.
+#[tokio::test(start_paused = true)]
+async fn a_refused_write_is_parked_with_its_reason_and_retried_slowly() {
+    let h = harness(Duration::from_secs(5));
+    let (refused, fine) = (instance_id("c1"), instance_id("c2"));
+    h.memory.reject(&refused, "value refused by policy");
+    h.docker.put(web("c1", 30001));
+    h.docker.put(web("c2", 30002));
+    h.trigger("c1").await;
+    h.trigger("c2").await;
+    until(
+        "the other container registered",
+        Duration::from_secs(5),
+        || registered_port(&h.memory, &fine).is_some(),
+    )
+    .await;
+    until("the refusal parked", Duration::from_secs(5), || {
+        !h.ctx.store.parked().is_empty()
+    })
+    .await;
+    let parked = h.ctx.store.parked();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].op.id(), refused);
+    assert_eq!(parked[0].container, "c1");
+    assert!(
+        parked[0].reason.contains("value refused by policy"),
+        "{}",
+        parked[0].reason
+    );
+
+    // Events for the container meanwhile do not retry the refused write either.
+    for _ in 0..3 {
+        h.trigger("c1").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(57)).await;
+    let tries = register_attempts(&h.memory, &refused).len();
+    // At the outage rate (0.5 s doubling to 16 s) a minute holds seven or more tries.
+    assert!(
+        (2..=3).contains(&tries),
+        "{tries} tries of a refused write in a minute"
+    );
+    assert_eq!(h.memory.registers_of(&fine), 1);
+
+    h.memory.accept(&refused);
+    until("registered once accepted", Duration::from_secs(600), || {
+        registered_port(&h.memory, &refused).is_some()
+    })
+    .await;
+    assert!(
+        h.ctx.store.parked().is_empty(),
+        "the park ends with the write"
+    );
+    h.stop().await;
+}
+
+/// Mechanism: listing sequence numbers. A registry listing that started before the one
+/// already applied, and answers after it, is ignored: applying it would forget a write made
+/// in between and register it again.
+#[tokio::test(start_paused = true)]
+async fn a_listing_older_than_the_one_applied_is_ignored() {
+    let h = harness(Duration::from_secs(5));
+    let id = instance_id("c1");
+    h.docker.put(web("c1", 30001));
+    h.memory.delay_next_list(Duration::from_secs(5));
+    for _ in 0..2 {
+        h.triggers
+            .send(Trigger::Snapshot(vec!["c1".to_owned()]))
+            .await
+            .unwrap();
+    }
+    until(
+        "registered after the fresh listing",
+        Duration::from_secs(2),
+        || registered_port(&h.memory, &id).is_some(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let lists = h
+        .memory
+        .calls()
+        .iter()
+        .filter(|c| c.op == Call::List)
+        .count();
+    assert_eq!(lists, 2, "both listings answered");
+    assert_eq!(
+        h.memory.registers_of(&id),
+        1,
+        "the stale listing did not make the store forget the registration"
+    );
+    h.stop().await;
+}
+
+/// Mechanism: the task map. A reconcile task that panics frees its container, which is
+/// retried like any failure.
+#[tokio::test(start_paused = true)]
+async fn a_reconcile_that_panics_frees_its_container_for_a_retry() {
+    let h = harness(Duration::from_secs(5));
+    let id = instance_id("c1");
+    h.docker.put(web("c1", 30001));
+    h.docker.panic_next_inspect("c1");
+    h.trigger("c1").await;
+    until("registered after the panic", Duration::from_secs(5), || {
+        registered_port(&h.memory, &id).is_some()
+    })
+    .await;
+    assert_eq!(
+        h.docker.inspects_of("c1"),
+        2,
+        "the panicked one and the retry"
+    );
+    h.stop().await;
+}
+
+/// Mechanism: the heartbeat's `NotFound` repair. A registry that forgets an instance (a
+/// Consul dev agent restart) is found out by the next heartbeat, and the container is
+/// registered again at once; nothing else in this harness would repair it.
+#[tokio::test(start_paused = true)]
+async fn an_instance_the_registry_lost_is_registered_again_after_the_next_heartbeat() {
+    let beat = Duration::from_secs(1);
+    let h = harness(beat);
+    let id = instance_id("c1");
+    h.docker.put(web("c1", 30001));
+    h.trigger("c1").await;
+    until("registered", Duration::from_secs(2), || {
+        registered_port(&h.memory, &id).is_some()
+    })
+    .await;
+    h.memory.clear();
+    let lost_at = Instant::now();
+    until("registered again", Duration::from_secs(10), || {
+        registered_port(&h.memory, &id).is_some()
+    })
+    .await;
+    assert!(
+        lost_at.elapsed() <= beat + Duration::from_millis(100),
+        "repaired {:?} after the loss",
+        lost_at.elapsed()
+    );
+    assert_eq!(h.memory.registers_of(&id), 2);
+    h.stop().await;
+}
+
+/// The whole agent on the scripted engine and the memory registry, with a resync that never
+/// comes within a test.
+struct Agent {
+    docker: Scripted,
+    memory: MemoryRegistry,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+fn agent(extra: &[&str]) -> Agent {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut argv = vec![
+        "berth",
+        "run",
+        "--node-name",
+        NODE,
+        "--host-ip",
+        "10.0.0.1",
+        "--resync",
+        "1h",
+    ];
+    argv.extend_from_slice(extra);
+    let crate::config::Invocation::Run(config) =
+        crate::config::parse(argv, &std::collections::HashMap::new()).unwrap()
+    else {
+        panic!("run")
+    };
+    let docker = Scripted::default();
+    let memory = MemoryRegistry::new(NODE);
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let app = App::assemble(
+        *config,
+        Docker::Scripted(docker.clone()),
+        NODE.to_owned(),
+        Registry::Memory(memory.clone()),
+        &cancel,
+        &tracker,
+    )
+    .unwrap();
+    app.spawn(cancel.clone());
+    tracker.close();
+    Agent {
+        docker,
+        memory,
+        cancel,
+        tracker,
+    }
+}
+
+impl Agent {
+    async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.tracker.wait())
+            .await
+            .expect("the tasks drain");
+    }
+}
+
+/// Mechanism: `Registry::maintain` waking the source's `resync_now`. When the registry drops
+/// every instance of the node at once (an etcd lease expired), everything is written again
+/// within moments, long before a heartbeat (every 20 s here) or the resync (1 h) would.
+#[tokio::test(start_paused = true)]
+async fn a_lost_lease_is_repaired_by_relisting_at_once() {
+    let a = agent(&["--ttl", "60s", "--deregister-critical-after", "2m"]);
+    a.docker.put(web("c1", 30001));
+    a.docker.put(web("c2", 30002));
+    // The source's first listing (at connect) finds both.
+    let ids = [instance_id("c1"), instance_id("c2")];
+    until("both registered", Duration::from_secs(2), || {
+        ids.iter()
+            .all(|id| registered_port(&a.memory, id).is_some())
+    })
+    .await;
+
+    a.memory.expire_lease();
+    let lost_at = Instant::now();
+    until("both registered again", Duration::from_secs(10), || {
+        ids.iter()
+            .all(|id| registered_port(&a.memory, id).is_some())
+    })
+    .await;
+    assert!(
+        lost_at.elapsed() < Duration::from_secs(1),
+        "repaired {:?} after the loss",
+        lost_at.elapsed()
+    );
+    for id in &ids {
+        assert_eq!(a.memory.registers_of(id), 2, "{id}");
+    }
+    a.stop().await;
+}
+
+/// Mechanism: the source's reconnect and relist. When the event stream ends (dockerd
+/// restarted), the source reconnects with backoff and relists: a container that went
+/// meanwhile is deregistered, one that came is registered, and one that stayed is left alone.
+#[tokio::test(start_paused = true)]
+async fn an_event_stream_that_ends_is_reopened_and_the_relist_repairs_what_was_missed() {
+    let a = agent(&[]);
+    a.docker.put(web("stays", 30001));
+    a.docker.put(web("goes", 30002));
+    let (stays, goes, comes) = (
+        instance_id("stays"),
+        instance_id("goes"),
+        instance_id("comes"),
+    );
+    until("both registered", Duration::from_secs(2), || {
+        registered_port(&a.memory, &stays).is_some() && registered_port(&a.memory, &goes).is_some()
+    })
+    .await;
+    assert_eq!(a.docker.streams_opened(), 1);
+
+    // dockerd goes away; while it is down one container is removed and another started,
+    // and their events are lost with the stream.
+    a.docker.set_down(true);
+    a.docker.end_stream();
+    a.docker.remove("goes");
+    a.docker.put(web("comes", 30003));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    a.docker.set_down(false);
+
+    until("the outage repaired", Duration::from_secs(60), || {
+        registered_port(&a.memory, &goes).is_none() && registered_port(&a.memory, &comes).is_some()
+    })
+    .await;
+    assert!(a.docker.streams_opened() >= 2, "the stream was reopened");
+    assert_eq!(
+        a.memory.registers_of(&stays),
+        1,
+        "the survivor was not rewritten"
+    );
+    a.stop().await;
+}
+
+/// Events arrive as triggers: a container started after the agent is registered from its
+/// `start` event alone (no resync within the test), and removed from its `destroy`.
+#[tokio::test(start_paused = true)]
+async fn events_register_and_deregister_without_a_resync() {
+    let a = agent(&[]);
+    until("the stream open", Duration::from_secs(2), || {
+        a.docker.streams_opened() == 1
+    })
+    .await;
+    a.docker.put(web("c1", 30001));
+    assert!(a.docker.emit("c1", "start"));
+    let id = instance_id("c1");
+    until("registered from the event", Duration::from_secs(2), || {
+        registered_port(&a.memory, &id).is_some()
+    })
+    .await;
+    a.docker.remove("c1");
+    assert!(a.docker.emit("c1", "destroy"));
+    until(
+        "deregistered from the event",
+        Duration::from_secs(2),
+        || registered_port(&a.memory, &id).is_none(),
+    )
+    .await;
+    assert_eq!(a.docker.lists(), 1, "no relist was needed");
+    a.stop().await;
+}
