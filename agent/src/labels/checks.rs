@@ -1,4 +1,5 @@
-//! Health-check keys → the probes berth runs for one instance. Pure.
+//! Stage 4 of the pipeline, attaching checks: the health-check keys of each spec become the
+//! probes berth runs for each of its endpoints. Pure.
 //!
 //! Two vocabularies feed one result:
 //! - registrator's `SERVICE_CHECK_*` keys (any scope; `keys` already merged the per-port
@@ -22,9 +23,11 @@ use berth_registry::Status;
 
 use crate::docker::view::{ContainerView, PortProto};
 
-use super::keys::{KINDS, Raw};
+use super::Settings;
+use super::keys::{KINDS, Keys, Raw, boolean};
+use super::notes::Notes;
 use super::sanitize::{self, quote};
-use super::{Notes, Settings, boolean};
+use super::specs::Spec;
 
 /// Defaults (Consul's and registrator's where they have one).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -130,9 +133,47 @@ const INHERITED: [&str; 7] = [
 
 type Fields = BTreeMap<String, Raw>;
 
+/// A spec with the probes of each of its endpoints.
+#[derive(Debug)]
+pub(super) struct Checked {
+    pub spec: Spec,
+    /// One per endpoint of `spec`, in the same order.
+    pub probes: Vec<Probes>,
+}
+
+/// The probes of every endpoint of every spec.
+pub(super) fn attach(
+    view: &ContainerView,
+    settings: &Settings,
+    keys: &Keys,
+    specs: Vec<Spec>,
+    notes: &mut Notes,
+) -> Vec<Checked> {
+    let container_ip = container_ip(view, settings, keys.native.network.as_ref());
+    specs
+        .into_iter()
+        .map(|spec| {
+            let probes = spec
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let dial = Dial {
+                        container_ip,
+                        pp: spec.pp,
+                        address: e.address.clone(),
+                        port: e.port,
+                    };
+                    parse(&spec.checks, &dial, notes)
+                })
+                .collect();
+            Checked { spec, probes }
+        })
+        .collect()
+}
+
 /// The address and port probes of one instance dial by default.
 #[derive(Clone, Debug)]
-pub(super) struct Dial {
+struct Dial {
     /// The container IP, or `None` to probe the registered address.
     pub container_ip: Option<IpAddr>,
     pub pp: PortProto,
@@ -159,7 +200,7 @@ impl Dial {
 /// The container IP probes dial: on the network `berth.network`/`--network` names when the
 /// container is attached to it, else on the first network (by name) that gives it an IP.
 /// `None` for host-network containers.
-pub(super) fn container_ip(
+fn container_ip(
     view: &ContainerView,
     settings: &Settings,
     network: Option<&Raw>,
@@ -181,7 +222,7 @@ pub(super) fn container_ip(
 
 /// Turns the merged check keys of one instance into its probes. Every key that cannot be
 /// used gets a note.
-pub(super) fn parse(keys: &BTreeMap<String, Raw>, dial: &Dial, notes: &mut Notes) -> Probes {
+fn parse(keys: &BTreeMap<String, Raw>, dial: &Dial, notes: &mut Notes) -> Probes {
     let (default, named) = group(keys, notes);
     let mut probes = Probes::default();
     let mut deregister_after = Vec::new();
@@ -293,7 +334,34 @@ fn known_field(field: &str) -> bool {
 
 /// One check from its fields; `None` (with a note) when it cannot run.
 fn build(name: Option<&str>, f: &Fields, dial: &Dial, notes: &mut Notes) -> Option<CheckSpec> {
-    let present: Vec<&str> = KINDS.into_iter().filter(|k| f.contains_key(*k)).collect();
+    let (kind, raw) = chosen_kind(name, f, notes)?;
+    let target = dial.target(target_port(f, notes)?);
+    let kind = match kind {
+        "http" | "https" => http(kind, raw, f, target, notes)?,
+        "tcp" => tcp(raw, target, notes)?,
+        _ => grpc(raw, target, notes)?,
+    };
+    let (interval, timeout) = timing(f, notes);
+    let initial = initial_status(f, notes);
+    Some(CheckSpec {
+        name: name.map_or_else(|| kind_word(&kind).to_owned(), str::to_owned),
+        kind,
+        interval,
+        timeout,
+        rise: f.get("rise").and_then(|r| threshold(r, notes)).unwrap_or(1),
+        fall: f.get("fall").and_then(|r| threshold(r, notes)).unwrap_or(1),
+        initial,
+    })
+}
+
+/// The check's kind and the key that set it: the first of [`KINDS`] present; any other kind
+/// also present is reported.
+fn chosen_kind<'a>(
+    name: Option<&str>,
+    f: &'a Fields,
+    notes: &mut Notes,
+) -> Option<(&'static str, &'a Raw)> {
+    let present: Vec<&'static str> = KINDS.into_iter().filter(|k| f.contains_key(*k)).collect();
     let Some(&kind) = present.first() else {
         if let Some(name) = name {
             notes.warn(format!(
@@ -310,77 +378,95 @@ fn build(name: Option<&str>, f: &Fields, dial: &Dial, notes: &mut Notes) -> Opti
             ));
         }
     }
-    let raw = f.get(kind)?;
-    let port = match f.get("port") {
-        None => None,
-        Some(p) => match p.value.trim().parse::<u16>() {
-            Ok(n) if n != 0 => Some(n),
-            _ => {
-                notes.warn(format!("{p}: not a port number; the check is not run"));
-                return None;
-            }
-        },
-    };
-    let target = dial.target(port);
-    let kind = match kind {
-        "http" | "https" => {
-            let path = match (raw.value.trim(), f.get("path")) {
-                ("" | "true", Some(p)) => p.value.trim().to_owned(),
-                ("" | "true", None) => "/".to_owned(),
-                (v, _) => v.to_owned(),
-            };
-            if path.eq_ignore_ascii_case("false") {
-                notes.info(format!("{raw}: check disabled"));
-                return None;
-            }
-            let path = if path.starts_with('/') {
-                path
-            } else {
-                format!("/{path}")
-            };
-            let method = match f.get("method") {
-                None => "GET".to_owned(),
-                Some(m) => {
-                    let v = m.value.trim().to_ascii_uppercase();
-                    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphabetic()) {
-                        notes.warn(format!("{m}: not an HTTP method; using GET"));
-                        "GET".to_owned()
-                    } else {
-                        v
-                    }
-                }
-            };
-            ProbeKind::Http {
-                method,
-                url: format!("{kind}://{target}{path}"),
-                tls_skip_verify: f
-                    .get("tls_skip_verify")
-                    .and_then(|r| boolean(r, notes))
-                    .unwrap_or(false),
-            }
-        }
-        "tcp" => {
-            if sanitize::parse_bool(&raw.value) == Some(false) {
-                notes.info(format!("{raw}: check disabled"));
-                return None;
-            }
-            ProbeKind::Tcp(target)
-        }
-        _ => {
-            let v = raw.value.trim();
-            if v.eq_ignore_ascii_case("false") {
-                notes.info(format!("{raw}: check disabled"));
-                return None;
-            }
-            let service = if v.is_empty() || v.eq_ignore_ascii_case("true") {
-                String::new()
-            } else {
-                v.to_owned()
-            };
-            ProbeKind::Grpc { target, service }
-        }
-    };
+    Some((kind, f.get(kind)?))
+}
 
+/// The `port` field: `Some(None)` when absent (the default port), `None` (with a note) when
+/// it is not a port, and the check is not run.
+fn target_port(f: &Fields, notes: &mut Notes) -> Option<Option<u16>> {
+    let Some(p) = f.get("port") else {
+        return Some(None);
+    };
+    match p.value.trim().parse::<u16>() {
+        Ok(n) if n != 0 => Some(Some(n)),
+        _ => {
+            notes.warn(format!("{p}: not a port number; the check is not run"));
+            None
+        }
+    }
+}
+
+/// An HTTP(S) check: the path from the kind key or `path`, the method, skip-verify.
+fn http(
+    scheme: &str,
+    raw: &Raw,
+    f: &Fields,
+    target: Target,
+    notes: &mut Notes,
+) -> Option<ProbeKind> {
+    let path = match (raw.value.trim(), f.get("path")) {
+        ("" | "true", Some(p)) => p.value.trim().to_owned(),
+        ("" | "true", None) => "/".to_owned(),
+        (v, _) => v.to_owned(),
+    };
+    if path.eq_ignore_ascii_case("false") {
+        notes.info(format!("{raw}: check disabled"));
+        return None;
+    }
+    let path = if path.starts_with('/') {
+        path
+    } else {
+        format!("/{path}")
+    };
+    let method = match f.get("method") {
+        None => "GET".to_owned(),
+        Some(m) => {
+            let v = m.value.trim().to_ascii_uppercase();
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphabetic()) {
+                notes.warn(format!("{m}: not an HTTP method; using GET"));
+                "GET".to_owned()
+            } else {
+                v
+            }
+        }
+    };
+    Some(ProbeKind::Http {
+        method,
+        url: format!("{scheme}://{target}{path}"),
+        tls_skip_verify: f
+            .get("tls_skip_verify")
+            .and_then(|r| boolean(r, notes))
+            .unwrap_or(false),
+    })
+}
+
+/// A TCP connect check; `false` disables it.
+fn tcp(raw: &Raw, target: Target, notes: &mut Notes) -> Option<ProbeKind> {
+    if sanitize::parse_bool(&raw.value) == Some(false) {
+        notes.info(format!("{raw}: check disabled"));
+        return None;
+    }
+    Some(ProbeKind::Tcp(target))
+}
+
+/// A gRPC health check of the service the value names (none, or `true`: the whole server).
+fn grpc(raw: &Raw, target: Target, notes: &mut Notes) -> Option<ProbeKind> {
+    let v = raw.value.trim();
+    if v.eq_ignore_ascii_case("false") {
+        notes.info(format!("{raw}: check disabled"));
+        return None;
+    }
+    let service = if v.is_empty() || v.eq_ignore_ascii_case("true") {
+        String::new()
+    } else {
+        v.to_owned()
+    };
+    Some(ProbeKind::Grpc { target, service })
+}
+
+/// The interval (at least [`MIN_INTERVAL`]) and the timeout (positive, at most the
+/// interval).
+fn timing(f: &Fields, notes: &mut Notes) -> (Duration, Duration) {
     let mut interval = f
         .get("interval")
         .and_then(|r| duration(r, notes))
@@ -408,29 +494,25 @@ fn build(name: Option<&str>, f: &Fields, dial: &Dial, notes: &mut Notes) -> Opti
         }
         timeout = interval;
     }
-    let initial = match f.get("initial_status") {
-        None => Status::Critical,
-        Some(r) => match r.value.trim().to_ascii_lowercase().as_str() {
-            "passing" => Status::Passing,
-            "warning" => Status::Warning,
-            "critical" => Status::Critical,
-            _ => {
-                notes.warn(format!(
-                    "{r}: not a status (passing, warning or critical); using critical"
-                ));
-                Status::Critical
-            }
-        },
+    (interval, timeout)
+}
+
+/// The status reported until the first result (default critical).
+fn initial_status(f: &Fields, notes: &mut Notes) -> Status {
+    let Some(r) = f.get("initial_status") else {
+        return Status::Critical;
     };
-    Some(CheckSpec {
-        name: name.map_or_else(|| kind_word(&kind).to_owned(), str::to_owned),
-        kind,
-        interval,
-        timeout,
-        rise: f.get("rise").and_then(|r| threshold(r, notes)).unwrap_or(1),
-        fall: f.get("fall").and_then(|r| threshold(r, notes)).unwrap_or(1),
-        initial,
-    })
+    match r.value.trim().to_ascii_lowercase().as_str() {
+        "passing" => Status::Passing,
+        "warning" => Status::Warning,
+        "critical" => Status::Critical,
+        _ => {
+            notes.warn(format!(
+                "{r}: not a status (passing, warning or critical); using critical"
+            ));
+            Status::Critical
+        }
+    }
 }
 
 fn kind_word(kind: &ProbeKind) -> &'static str {

@@ -1,16 +1,36 @@
-//! Reading the keys: registrator's `SERVICE_*` (labels and env) and berth's `berth.*` labels.
+//! Stage 1 of the pipeline, reading the key layers: registrator's `SERVICE_*` (labels and
+//! env) and berth's `berth.*` labels, into [`Keys`].
 //!
 //! Reading only sorts keys into structures and reports keys that can never mean anything
-//! (bad syntax, unknown names, refused check kinds). Which key wins for a given port is
-//! decided later, in `plan`.
+//! (bad syntax, unknown names, refused check kinds). It also knows how the layers stack:
+//! [`Layers`] picks the most specific registrator value for a port, and [`overlay`] puts one
+//! set of check keys over another. Which key wins for a given service is decided by
+//! `specs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::docker::view::{ContainerView, PortProto, Proto};
 
-use super::Notes;
+use berth_registry::limits::{MAX_META_KEY_LEN, MAX_META_VALUE_LEN, RESERVED_META_PREFIXES};
+
+use super::notes::Notes;
 use super::sanitize::{self, quote};
+
+/// Every key of a container, read once.
+#[derive(Debug)]
+pub(super) struct Keys {
+    pub reg: Registrator,
+    pub native: Native,
+}
+
+/// Reads every key of `view`.
+pub(super) fn read(view: &ContainerView, notes: &mut Notes) -> Keys {
+    Keys {
+        reg: Registrator::read(view, notes),
+        native: Native::read(view, notes),
+    }
+}
 
 const SERVICE_PREFIX: &str = "SERVICE_";
 const BERTH_PREFIX: &str = "berth.";
@@ -98,26 +118,22 @@ fn put_meta(map: &mut BTreeMap<String, Raw>, key: &str, mut raw: Raw, notes: &mu
     if truncated {
         notes.warn(format!(
             "{raw}: meta key longer than {} characters; truncated",
-            sanitize::MAX_META_KEY_LEN
+            MAX_META_KEY_LEN
         ));
     } else if clean != key.to_ascii_lowercase() {
         notes.info(format!("{raw}: meta key sanitized to {}", quote(&clean)));
     }
-    if sanitize::RESERVED_META_PREFIXES
-        .iter()
-        .any(|p| clean.starts_with(p))
-    {
+    if RESERVED_META_PREFIXES.iter().any(|p| clean.starts_with(p)) {
         notes.warn(format!(
             "{raw}: meta keys starting with berth- or consul- are reserved; dropped"
         ));
         return;
     }
-    if raw.value.len() > sanitize::MAX_META_VALUE_LEN {
+    if raw.value.len() > MAX_META_VALUE_LEN {
         notes.warn(format!(
-            "{raw}: meta value longer than {} bytes; truncated",
-            sanitize::MAX_META_VALUE_LEN
+            "{raw}: meta value longer than {MAX_META_VALUE_LEN} bytes; truncated"
         ));
-        raw.value = sanitize::truncate(&raw.value, sanitize::MAX_META_VALUE_LEN).to_owned();
+        raw.value = sanitize::truncate(&raw.value, MAX_META_VALUE_LEN).to_owned();
     }
     put_keyed(map, clean, raw, notes);
 }
@@ -355,6 +371,15 @@ pub(super) fn overlay(base: &mut BTreeMap<String, Raw>, over: &BTreeMap<String, 
         .collect();
     base.retain(|k, _| kind_of(k).is_none_or(|check| !replaced.iter().any(|r| r == check)));
     base.extend(over.iter().map(|(k, v)| (k.clone(), v.clone())));
+}
+
+/// Parses a boolean key; a bad value is reported and the key ignored.
+pub(super) fn boolean(raw: &Raw, notes: &mut Notes) -> Option<bool> {
+    let parsed = sanitize::parse_bool(&raw.value);
+    if parsed.is_none() {
+        notes.warn(format!("{raw}: not a boolean (use true/false); ignored"));
+    }
+    parsed
 }
 
 /// `berth.port`: the container ports allowed to register.

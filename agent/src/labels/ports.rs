@@ -1,4 +1,5 @@
-//! Which container ports can register, and at which address and port clients reach them.
+//! Stage 2 of the pipeline, choosing ports and addresses: which container ports can
+//! register, and at which address and port clients reach them.
 //!
 //! Three modes, chosen per container:
 //! - host network: exposed ports at the host address (no bindings exist);
@@ -10,8 +11,9 @@ use std::net::IpAddr;
 
 use crate::docker::view::{Binding, ContainerView, PortProto};
 
-use super::keys::Raw;
-use super::{Notes, Settings};
+use super::Settings;
+use super::keys::{Keys, Raw, Registrator};
+use super::notes::Notes;
 
 /// Where clients reach one container port.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -23,8 +25,51 @@ pub(super) struct Endpoint {
 /// Registrable container ports, each with its endpoints (sorted, no repeats, never empty).
 pub(super) type Candidates = BTreeMap<PortProto, Vec<Endpoint>>;
 
+/// The ports of a container.
+#[derive(Debug)]
+pub(super) struct Ports {
+    /// The registrable ones, with their endpoints.
+    pub candidates: Candidates,
+    /// Every port Docker knows about, registrable or not (exposed or bound).
+    pub known: BTreeSet<PortProto>,
+}
+
+/// The ports of `view` for the mode `settings` and its `berth.address`/`berth.network`
+/// labels ask for, or `None` when the container cannot register at all (internal mode
+/// without a usable network). Per-port keys naming a port the container lacks are reported.
+pub(super) fn choose(
+    view: &ContainerView,
+    settings: &Settings,
+    keys: &Keys,
+    notes: &mut Notes,
+) -> Option<Ports> {
+    let known = known(view);
+    warn_unknown_port_keys(&keys.reg, &known, notes);
+    let address = keys.native.address.as_ref().map(|(a, _)| a.as_str());
+    let candidates = candidates(view, settings, address, keys.native.network.as_ref(), notes)?;
+    Some(Ports { candidates, known })
+}
+
+/// Per-port registrator keys naming a port the container does not have are typos.
+fn warn_unknown_port_keys(reg: &Registrator, known: &BTreeSet<PortProto>, notes: &mut Notes) {
+    for (port, fields) in &reg.port {
+        if !known.iter().any(|pp| pp.port == *port) {
+            for raw in fields.raws() {
+                notes.warn(format!("{raw}: the container has no port {port}; ignored"));
+            }
+        }
+    }
+    for (pp, fields) in &reg.proto {
+        if !known.contains(pp) {
+            for raw in fields.raws() {
+                notes.warn(format!("{raw}: the container has no port {pp}; ignored"));
+            }
+        }
+    }
+}
+
 /// Every container port Docker knows about: exposed or bound.
-pub(super) fn known(view: &ContainerView) -> BTreeSet<PortProto> {
+fn known(view: &ContainerView) -> BTreeSet<PortProto> {
     view.exposed
         .iter()
         .copied()
@@ -34,7 +79,7 @@ pub(super) fn known(view: &ContainerView) -> BTreeSet<PortProto> {
 
 /// The registrable ports of `view`, or `None` when the container cannot register at all
 /// (internal mode without a usable network). Every skipped port gets a note.
-pub(super) fn candidates(
+fn candidates(
     view: &ContainerView,
     settings: &Settings,
     address: Option<&str>,

@@ -1,21 +1,9 @@
-//! Small pure helpers that turn operator input into values a registry accepts.
+//! Small pure helpers that turn operator input into values a registry accepts. What every
+//! registry accepts is `berth_registry::limits`; this only applies it.
 
 use std::net::IpAddr;
 
-/// Consul's limit on meta keys per service.
-const CONSUL_MAX_META_KEYS: usize = 64;
-/// Meta keys berth itself adds to every registration (`Instance::registry_meta`).
-const BERTH_META_KEYS: usize = 5;
-/// How many user meta keys an instance may carry.
-pub(super) const MAX_USER_META_KEYS: usize = CONSUL_MAX_META_KEYS - BERTH_META_KEYS;
-/// Consul's limit on the length of a meta key.
-pub(super) const MAX_META_KEY_LEN: usize = 128;
-/// Consul's limit on the length of a meta value.
-pub(super) const MAX_META_VALUE_LEN: usize = 512;
-/// Meta key prefixes that belong to berth and to Consul.
-pub(super) const RESERVED_META_PREFIXES: [&str; 2] = ["berth-", "consul-"];
-/// Cap on the Docker HEALTHCHECK output copied into a health output.
-pub(super) const MAX_HEALTH_OUTPUT: usize = 4096;
+use berth_registry::limits::MAX_META_KEY_LEN;
 
 /// The longest prefix of `s` that fits in `max` bytes and ends on a char boundary.
 pub(super) fn truncate(s: &str, max: usize) -> &str {

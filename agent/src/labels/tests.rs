@@ -6,11 +6,13 @@
 
 use std::collections::BTreeMap;
 
-use berth_registry::Status;
+use berth_registry::{Health, Origin, Status};
 use bollard::models::ContainerInspectResponse;
 use proptest::prelude::*;
 
+use super::sanitize::quote;
 use super::*;
+use crate::docker::view::DockerHealth;
 
 const HOST_IP: &str = "192.0.2.10";
 

@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::heal;
-use crate::labels::{self, CheckSpec, Outcome, Probes};
+use crate::labels::{CheckSpec, Outcome, Probes};
 use exec::{Probe, describe};
 
 /// Tunables.
@@ -212,7 +212,7 @@ impl Tracked {
         Verdict {
             health: Health {
                 status,
-                output: labels::truncate_output(&output).to_owned(),
+                output: berth_registry::limits::truncate_output(&output).to_owned(),
             },
             withdrawn: self.withdrawn(now),
         }

@@ -164,7 +164,7 @@ fn apply_verdicts(ctx: &Context, id: &str, name: &str, outcome: &mut labels::Out
         None => {
             if let Some(note) = &heal_note {
                 let output = format!("{}\n{note}", i.health.output);
-                i.health.output = labels::truncate_output(&output).to_owned();
+                i.health.output = berth_registry::limits::truncate_output(&output).to_owned();
             }
             true
         }
