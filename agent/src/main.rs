@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
+            error!(error = %format!("{e:#}"), "berth failed");
             ExitCode::FAILURE
         }
     }

@@ -47,4 +47,61 @@ mod tests {
         let e = Outer(std::io::Error::other("connection refused"));
         assert_eq!(super::chain(&e), "outer: connection refused");
     }
+
+    /// Each level of `e`'s chain says something its source does not.
+    fn says_each_thing_once(e: &(dyn std::error::Error + 'static)) {
+        let mut level = e;
+        while let Some(source) = level.source() {
+            let (outer, inner) = (level.to_string(), source.to_string());
+            assert!(
+                !outer.contains(&inner),
+                "{outer:?} repeats its source {inner:?} (chain: {})",
+                super::chain(e)
+            );
+            level = source;
+        }
+    }
+
+    #[tokio::test]
+    async fn docker_errors_leave_their_cause_to_the_source() {
+        // bollard refuses a socket that is not there when the client is built …
+        let Err(e) = crate::docker::Docker::connect(
+            Some("unix:///nonexistent/berth-test.sock"),
+            std::time::Duration::from_secs(1),
+        ) else {
+            panic!("a client for a missing socket was built")
+        };
+        says_each_thing_once(&e);
+        let chain = super::chain(&e);
+        assert!(
+            chain.starts_with("cannot connect to docker at unix:///nonexistent/berth-test.sock: "),
+            "{chain}"
+        );
+        // … and an engine that does not answer fails the call.
+        let docker = crate::docker::Docker::connect(
+            Some("tcp://127.0.0.1:9"),
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Err(e) = docker.list_ids().await else {
+            panic!("listing from a closed port succeeded")
+        };
+        says_each_thing_once(&e);
+        let chain = super::chain(&e);
+        assert!(chain.starts_with("docker list containers "), "{chain}");
+    }
+
+    #[test]
+    fn config_errors_leave_their_cause_to_the_source() {
+        let env = std::collections::HashMap::from([("BERTH_TTL".to_owned(), "banana".to_owned())]);
+        let Err(crate::config::ParseError::Config(e)) =
+            crate::config::parse(["berth", "run"], &env)
+        else {
+            panic!("a TTL of banana was accepted")
+        };
+        says_each_thing_once(&e);
+        let chain = super::chain(&e);
+        assert!(chain.starts_with("invalid configuration: "), "{chain}");
+        assert!(chain.contains("banana"), "{chain}");
+    }
 }

@@ -74,6 +74,27 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// An error and its sources, one text per level, checked to say each thing once: no level's
+/// text contains the next one's (berth's errors leave the cause to their source). Panics
+/// when one does.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut texts = vec![e.to_string()];
+    let mut next = e.source();
+    while let Some(s) = next {
+        texts.push(s.to_string());
+        next = s.source();
+    }
+    for pair in texts.windows(2) {
+        assert!(
+            pair[1].is_empty() || !pair[0].contains(&pair[1]),
+            "{:?} repeats its source {:?}; whole chain: {texts:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    texts
+}
+
 /// Installs the ring crypto provider for rustls once per process (reqwest needs one).
 pub fn crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -364,6 +364,9 @@ fn a_consul_that_is_down_is_unavailable_within_the_request_timeout() {
     rt.run(reg.register(&web)).unwrap();
 
     consul.stop();
+    let refused = rt.run(reg.list()).unwrap_err();
+    let chain = berth_e2e::error_chain(&refused).join(": ");
+    assert!(chain.contains("cannot reach consul"), "{chain}");
     let limit = timeout + Duration::from_millis(500);
     assert_unavailable_within(limit, "heartbeat", || {
         rt.run(reg.set_health(&web.id, &Health::passing("ok")))
@@ -576,6 +579,7 @@ fn tls_with_a_private_ca_and_a_client_certificate() {
         matches!(&err, RegistryError::Unavailable { message, .. } if message.contains("TLS")),
         "{err:?}"
     );
+    berth_e2e::error_chain(&err);
     // … and the system roots do not know the private CA …
     let no_ca = ConsulRegistry::new(ConsulConfig {
         ca_cert: None,
@@ -587,6 +591,9 @@ fn tls_with_a_private_ca_and_a_client_certificate() {
         matches!(&err, RegistryError::Unavailable { message, .. } if message.contains("TLS")),
         "{err:?}"
     );
+    // The reason is said once, by the rustls error down the chain.
+    let chain = berth_e2e::error_chain(&err).join(": ");
+    assert_eq!(chain.matches("UnknownIssuer").count(), 1, "{chain}");
     // … unless verification is off.
     let unverified = ConsulRegistry::new(ConsulConfig {
         ca_cert: None,

@@ -388,6 +388,7 @@ fn an_etcd_that_is_down_is_unavailable_within_the_request_timeout() {
             matches!(err, RegistryError::Unavailable { .. }) && err.is_transient(),
             "{what}: {err:?}"
         );
+        berth_e2e::error_chain(&err);
         assert!(took < limit, "{what} took {took:?}");
     };
     let mut changed = web.clone();

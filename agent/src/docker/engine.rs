@@ -12,7 +12,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::view::ContainerView;
-use super::{DockerError, Event, RESTART_STOP_TIMEOUT};
+use super::{Cause, DockerError, Event, RESTART_STOP_TIMEOUT};
 
 /// Container event actions that can change what a container registers. `health_status`
 /// arrives as `health_status: healthy`, so matching is by prefix.
@@ -54,7 +54,7 @@ impl Engine {
         }
         .map_err(|source| DockerError::Connect {
             endpoint: endpoint.clone(),
-            source,
+            source: source.into(),
         })?;
         Ok(Engine {
             docker,
@@ -74,7 +74,10 @@ impl Engine {
     ) -> Result<T, DockerError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(source)) => Err(DockerError::Api { op, source }),
+            Ok(Err(source)) => Err(DockerError::Api {
+                op,
+                source: source.into(),
+            }),
             Err(_) => Err(DockerError::Timeout {
                 op,
                 timeout: self.timeout,
@@ -113,9 +116,9 @@ impl Engine {
             Ok(c) => Ok(Some(ContainerView::from_inspect(&c))),
             Err(DockerError::Api {
                 source:
-                    BollardError::DockerResponseServerError {
+                    Cause::Docker(BollardError::DockerResponseServerError {
                         status_code: 404, ..
-                    },
+                    }),
                 ..
             }) => Ok(None),
             Err(e) => Err(e),
@@ -131,7 +134,10 @@ impl Engine {
         let timeout = self.timeout + RESTART_STOP_TIMEOUT;
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(DockerError::Api { op, source }),
+            Ok(Err(source)) => Err(DockerError::Api {
+                op,
+                source: source.into(),
+            }),
             Err(_) => Err(DockerError::Timeout { op, timeout }),
         }
     }
@@ -150,7 +156,7 @@ impl Engine {
                     Ok(ev) => relevant(&ev).map(Ok),
                     Err(source) => Some(Err(DockerError::Api {
                         op: "event stream",
-                        source,
+                        source: source.into(),
                     })),
                 }
             })

@@ -26,7 +26,7 @@ pub enum DockerError {
     Connect {
         endpoint: String,
         #[source]
-        source: BollardError,
+        source: Cause,
     },
     #[error("docker {op} timed out after {timeout:?}")]
     Timeout { op: &'static str, timeout: Duration },
@@ -34,8 +34,29 @@ pub enum DockerError {
     Api {
         op: &'static str,
         #[source]
-        source: BollardError,
+        source: Cause,
     },
+}
+
+/// Why a Docker call failed, as bollard reports it, except that bollard's HTTP-client
+/// error, which prints its own cause as well as passing it on, is replaced by that cause, so
+/// an error chain says each thing once.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error(transparent)]
+    Docker(BollardError),
+    /// The HTTP client failed: connecting, or the connection broke.
+    #[error(transparent)]
+    Transport(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<BollardError> for Cause {
+    fn from(e: BollardError) -> Cause {
+        match e {
+            BollardError::HyperLegacyError { err } => Cause::Transport(Box::new(err)),
+            other => Cause::Docker(other),
+        }
+    }
 }
 
 /// A container event berth acts on: it may change what the container registers.

@@ -45,10 +45,10 @@ pub struct Scripted {
 fn failure(op: &'static str) -> DockerError {
     DockerError::Api {
         op,
-        source: BollardError::DockerResponseServerError {
+        source: super::Cause::Docker(BollardError::DockerResponseServerError {
             status_code: 500,
             message: "scripted failure".to_owned(),
-        },
+        }),
     }
 }
 

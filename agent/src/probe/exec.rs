@@ -41,7 +41,7 @@ pub struct Executor {
 
 /// Why the HTTP clients could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP probe client: {0}")]
+#[error("cannot build the HTTP probe client")]
 pub struct ExecutorError(#[source] reqwest::Error);
 
 impl Executor {

@@ -28,13 +28,10 @@ pub(super) enum ApiError {
     Connect(#[source] reqwest::Error),
     #[error("consul did not answer in time")]
     Timeout(#[source] reqwest::Error),
-    /// Named apart because certificates, not the network, are the usual cause.
-    #[error("TLS with consul failed: {detail}")]
-    Tls {
-        detail: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    /// Named apart because certificates, not the network, are the usual cause. The rustls
+    /// error itself shows further down the source chain.
+    #[error("TLS with consul failed")]
+    Tls(#[source] reqwest::Error),
     /// An https connection closed before the request could be sent. With TLS 1.3 a server
     /// that refuses the client certificate does so after the client finished its handshake,
     /// and the refusal may then surface like this instead of as a TLS alert.
@@ -53,11 +50,8 @@ pub(super) enum ApiError {
 
 impl ApiError {
     fn transport(e: reqwest::Error) -> Self {
-        if let Some(tls) = rustls_error(&e) {
-            ApiError::Tls {
-                detail: tls.to_string(),
-                source: e,
-            }
+        if rustls_error(&e).is_some() {
+            ApiError::Tls(e)
         } else if is_canceled(&e) && e.url().is_some_and(|u| u.scheme() == "https") {
             ApiError::TlsClosed(e)
         } else if e.is_timeout() {
@@ -113,7 +107,7 @@ impl ApiError {
             | ApiError::Timeout(e)
             | ApiError::TlsClosed(e)
             | ApiError::Transport(e)
-            | ApiError::Tls { source: e, .. } => RegistryError::Unavailable {
+            | ApiError::Tls(e) => RegistryError::Unavailable {
                 message,
                 source: Some(Box::new(e)),
             },

@@ -92,7 +92,7 @@ impl EtcdRegistry {
                 Err(error) => {
                     keeper = None;
                     if !failing {
-                        warn!(lease = %format!("{lease:x}"), %error, "cannot renew the etcd lease; retrying every {every:?}");
+                        warn!(lease = %format!("{lease:x}"), %error, retry_every = ?every, "cannot renew the etcd lease; retrying");
                     }
                     failing = true;
                 }
