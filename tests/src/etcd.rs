@@ -444,6 +444,32 @@ impl Watch {
             .collect()
     }
 
+    /// The positive control for a "nothing happened" assertion: puts a key of its own under
+    /// the watched prefix and waits until the watch reports it, proving the watch delivers
+    /// (call it after the interval in question, whose events would have come first). The
+    /// key is deleted again.
+    pub fn prove_live(&self, etcd: &EtcdServer) {
+        let key = format!(
+            "{}/watch-control-{}",
+            self.prefix.trim_end_matches('/'),
+            crate::docker::random_hex(0)
+        );
+        etcd.put(&key, "control");
+        let seen = self.wait_until(Duration::from_secs(10), |events| {
+            events
+                .iter()
+                .any(|e| e.key == key && e.kind == EventKind::Put)
+        });
+        etcd.delete(&key);
+        assert!(
+            seen,
+            "the watch of {} did not deliver a put of {key}; it cannot show that nothing \
+             else happened\n{}",
+            self.prefix,
+            self.describe()
+        );
+    }
+
     /// Output lines that did not parse and anything etcdctl printed on stderr.
     pub fn errors(&self) -> Vec<String> {
         self.lock().errors.clone()

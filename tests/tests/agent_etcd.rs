@@ -692,6 +692,8 @@ fn other_nodes_keys_are_left_to_their_lease() {
         Duration::from_secs(3),
         &untouched,
     );
+    // Positive control: the watch delivered all along, so its silence about B's keys counts.
+    watch.prove_live(env.backend.etcd());
     let touched: Vec<_> = watch
         .events()
         .into_iter()
@@ -778,6 +780,20 @@ fn deregister_on_exit_removes_only_this_nodes_keys() {
         check_one(be, &node_a, &want_a)
     });
     env.hold("A's instance", TTL, |be| check_one(be, &node_a, &want_a));
+    // Positive controls: the watch saw B's own deletions, and still delivers now, so its
+    // silence about A's keys counts.
+    let deleted_b = watch
+        .events()
+        .iter()
+        .filter(|e| e.kind == EventKind::Delete && e.key.contains(&node_b))
+        .count();
+    if deleted_b == 0 {
+        let w = watch.describe();
+        env.fail(&format!(
+            "the watch saw no deletion of B's keys on B's exit\n{w}"
+        ));
+    }
+    watch.prove_live(env.backend.etcd());
     let touched: Vec<_> = watch
         .events()
         .into_iter()
