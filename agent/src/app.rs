@@ -14,6 +14,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use berth_registry::Registry;
 use tokio::sync::{Notify, mpsc};
@@ -128,8 +129,10 @@ impl App {
                 concurrency: a.probe_concurrency,
                 autoheal_failures: a.autoheal_failures,
             },
-            recheck_tx,
-            heal_tx.clone(),
+            probe::Outlets {
+                recheck: recheck_tx,
+                heal: heal_tx.clone(),
+            },
             tracker.clone(),
             cancel.child_token(),
         );
@@ -155,9 +158,15 @@ impl App {
         &self.ctx
     }
 
+    /// A sender of the reconciler's triggers, as the Docker source has (for tests that
+    /// trigger the reconciler themselves).
+    pub fn triggers(&self) -> mpsc::Sender<Trigger> {
+        self.triggers.0.clone()
+    }
+
     /// Spawns the source, the reconciler, the heartbeater, self-healing and the registry's
     /// upkeep. Check tasks are started by the prober as reconciles find checks.
-    pub fn spawn(self, cancel: CancellationToken) {
+    pub fn spawn(self, cancel: CancellationToken) -> Running {
         let App {
             config,
             ctx,
@@ -208,8 +217,34 @@ impl App {
             config.agent.resync,
             resync_now,
             tx,
-            cancel,
+            cancel.clone(),
         ));
+        // Nothing else is spawned at the top; check tasks may still join.
+        tracker.close();
+        Running { cancel, tracker }
+    }
+}
+
+/// A spawned agent.
+#[derive(Debug)]
+pub struct Running {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Resolves when every task has ended, which only cancelling should make happen.
+    pub async fn ended(&self) {
+        self.tracker.wait().await;
+    }
+
+    /// Cancels every task and waits up to `within` for them to finish their work; false when
+    /// they did not.
+    pub async fn stop(self, within: Duration) -> bool {
+        self.cancel.cancel();
+        tokio::time::timeout(within, self.tracker.wait())
+            .await
+            .is_ok()
     }
 }
 

@@ -121,20 +121,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!(chain(&e)))
             .context("cannot start")?,
     };
-    app.spawn(cancel.clone());
-    tracker.close();
+    let running = app.spawn(cancel.clone());
 
     tokio::select! {
         _ = cancel.cancelled() => {}
-        _ = tracker.wait() => warn!("all tasks ended unexpectedly"),
+        _ = running.ended() => warn!("all tasks ended unexpectedly"),
     }
-    cancel.cancel();
     signals.abort();
     info!("shutting down; finishing in-flight writes");
-    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
-        .await
-        .is_err()
-    {
+    if !running.stop(DRAIN_TIMEOUT).await {
         warn!(timeout = ?DRAIN_TIMEOUT, "drain timed out");
     }
     info!("berth stopped");

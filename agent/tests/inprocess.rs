@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use berth::app::App;
+use berth::app::{App, Running};
 use berth::config::{Config, Invocation};
 use berth_e2e::docker::{self, Container};
 use berth_registry::memory::{Entry, MemoryRegistry, Op};
@@ -41,39 +41,29 @@ fn config(node: &str, resync: &str) -> Config {
     }
 }
 
-/// A running in-process agent; cancelled and drained by [`Running::stop`].
-struct Running {
-    cancel: CancellationToken,
-    tracker: TaskTracker,
-}
-
 /// The agent on the real engine and `memory` (whose node must be `node`), resyncing every
 /// `resync`.
 async fn start(node: &str, memory: &MemoryRegistry, resync: &str) -> Running {
     let _ = rustls::crypto::ring::default_provider().install_default();
     assert_eq!(memory.node(), node);
     let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let app = App::with_registry(
         config(node, resync),
         Registry::Memory(memory.clone()),
         &cancel,
-        &tracker,
+        &TaskTracker::new(),
     )
     .await
     .unwrap();
-    app.spawn(cancel.clone());
-    tracker.close();
-    Running { cancel, tracker }
+    app.spawn(cancel)
 }
 
-impl Running {
-    async fn stop(self) {
-        self.cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
-            .await
-            .expect("tasks drain after cancel");
-    }
+/// Cancels the agent and checks its tasks drain.
+async fn stop(agent: Running) {
+    assert!(
+        agent.stop(Duration::from_secs(10)).await,
+        "tasks drain after cancel"
+    );
 }
 
 fn named(m: &MemoryRegistry, name: &str) -> Vec<Instance> {
@@ -174,7 +164,7 @@ async fn a_burst_of_containers_is_registered_completely_and_removed_completely()
     )
     .await;
 
-    agent.stop().await;
+    stop(agent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +221,7 @@ async fn startup_removes_stale_entries_of_this_node_only() {
         2,
         "the live instance plus the other node's"
     );
-    agent.stop().await;
+    stop(agent).await;
     drop(c);
 }
 
@@ -288,7 +278,7 @@ async fn a_registry_outage_and_a_registry_that_forgets_are_repaired_without_a_re
     .await;
     assert_eq!(memory.registers_of(&id), registers + 1);
     assert_eq!(named(&memory, &service).len(), 1);
-    agent.stop().await;
+    stop(agent).await;
     drop(c);
 }
 
@@ -345,7 +335,7 @@ async fn a_container_recreated_under_the_same_name_stays_registered() {
     )
     .await;
     assert_eq!(named(&memory, &service).len(), 1);
-    agent.stop().await;
+    stop(agent).await;
 }
 
 /// Removes a container started by hand when the test ends, even on failure.
@@ -387,6 +377,6 @@ async fn a_renamed_container_moves_to_its_new_id() {
     )
     .await;
     assert_eq!(named(&memory, &service).len(), 1);
-    agent.stop().await;
+    stop(agent).await;
     drop(c);
 }

@@ -198,22 +198,8 @@ pub struct Listing {
 mod tests {
     use super::*;
 
-    pub(crate) fn sample() -> Instance {
-        Instance {
-            id: "node1:web:80".into(),
-            name: "web".into(),
-            address: "10.0.0.1".into(),
-            port: 32768,
-            tags: vec!["a".into()],
-            meta: BTreeMap::from([("region".into(), "eu".into())]),
-            origin: Origin {
-                node: "node1".into(),
-                container_id: "abc".into(),
-                container_name: "web".into(),
-                image: "nginx:1".into(),
-            },
-            health: Health::passing("ok"),
-        }
+    fn sample() -> Instance {
+        crate::contract::instance("node1", "node1:web:80", "web", Health::passing("ok"))
     }
 
     #[test]

@@ -15,69 +15,82 @@ use berth_registry::etcd::{EtcdConfig, EtcdRegistry};
 /// Each request gives up after this long, so a stopped registry fails fast.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-struct Consul(ConsulServer);
+/// A real registry server and how to make clients of it and hurt it.
+struct Real<S> {
+    server: S,
+    client: fn(&S, &str) -> Registry,
+    /// Makes it lose everything and come back.
+    wipe: fn(&mut S),
+    stop: fn(&mut S),
+    resume: fn(&mut S),
+}
 
-impl Subject for Consul {
+impl<S> Subject for Real<S> {
     fn client(&self, node: &str) -> Registry {
         berth_e2e::crypto();
-        Registry::Consul(
-            ConsulRegistry::new(ConsulConfig {
-                addr: self.0.addr(),
-                node: node.to_owned(),
-                request_timeout: REQUEST_TIMEOUT,
-                ..ConsulConfig::default()
-            })
-            .unwrap(),
-        )
+        (self.client)(&self.server, node)
     }
 
     fn lose_everything(&mut self) {
-        self.0.restart();
+        (self.wipe)(&mut self.server);
     }
 
     fn stop(&mut self) {
-        self.0.stop();
+        (self.stop)(&mut self.server);
     }
 
     fn start(&mut self) {
-        self.0.resume();
+        (self.resume)(&mut self.server);
     }
 }
 
-struct Etcd(EtcdServer);
-
-impl Subject for Etcd {
-    fn client(&self, node: &str) -> Registry {
-        berth_e2e::crypto();
-        Registry::Etcd(
-            EtcdRegistry::new(EtcdConfig {
-                endpoints: vec![self.0.endpoint()],
-                node: node.to_owned(),
-                ttl: Duration::from_secs(3),
-                request_timeout: REQUEST_TIMEOUT,
-                ..EtcdConfig::default()
-            })
-            .unwrap(),
-        )
+/// A Consul dev agent, which forgets everything when it restarts.
+fn consul() -> Real<ConsulServer> {
+    Real {
+        server: ConsulServer::start(),
+        client: |s, node| {
+            Registry::Consul(
+                ConsulRegistry::new(ConsulConfig {
+                    addr: s.addr(),
+                    node: node.to_owned(),
+                    request_timeout: REQUEST_TIMEOUT,
+                    ..ConsulConfig::default()
+                })
+                .unwrap(),
+            )
+        },
+        wipe: ConsulServer::restart,
+        stop: ConsulServer::stop,
+        resume: ConsulServer::resume,
     }
+}
 
-    fn lose_everything(&mut self) {
-        self.0.restart_wiped();
-    }
-
-    fn stop(&mut self) {
-        self.0.stop();
-    }
-
-    fn start(&mut self) {
-        self.0.resume();
+/// A single-member etcd, wiped by deleting its data directory.
+fn etcd() -> Real<EtcdServer> {
+    Real {
+        server: EtcdServer::start(),
+        client: |s, node| {
+            Registry::Etcd(
+                EtcdRegistry::new(EtcdConfig {
+                    endpoints: vec![s.endpoint()],
+                    node: node.to_owned(),
+                    ttl: Duration::from_secs(3),
+                    request_timeout: REQUEST_TIMEOUT,
+                    ..EtcdConfig::default()
+                })
+                .unwrap(),
+            )
+        },
+        wipe: EtcdServer::restart_wiped,
+        stop: EtcdServer::stop,
+        resume: EtcdServer::resume,
     }
 }
 
 mod consul {
-    berth_registry::registry_contract!(super::Consul(berth_e2e::consul::ConsulServer::start()));
+    berth_registry::registry_contract!(super::consul());
 }
 
 mod etcd {
-    berth_registry::registry_contract!(super::Etcd(berth_e2e::etcd::EtcdServer::start()));
+    berth_registry::registry_contract!(super::etcd());
 }

@@ -22,11 +22,32 @@ fn run(argv: &[&str], e: &[(&str, &str)]) -> Result<Config, String> {
     }
 }
 
-/// A fresh directory for config files, removed by the caller.
-fn dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-cfg-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A config file named `name` (its extension picks the format) holding `contents`, in a
+/// directory of its own that goes when the value is dropped.
+struct File(PathBuf);
+
+impl File {
+    fn new(name: &str, contents: &str) -> File {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("berth-cfg-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        File(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 #[test]
@@ -50,20 +71,17 @@ fn defaults() {
 
 #[test]
 fn flags_beat_env_beat_conventional_env_beat_file() {
-    let d = dir("prec");
-    let file = d.join("berth.toml");
-    std::fs::write(
-        &file,
+    let file = File::new(
+        "berth.toml",
         "ttl = \"9s\"\nnode_name = \"from-file\"\nconsul_addr = \"http://file:8500\"\nexplicit = true\n",
-    )
-    .unwrap();
+    );
     let e = [
         ("BERTH_NODE_NAME", "from-env"),
         ("CONSUL_HTTP_ADDR", "consul-env:8500"),
         ("CONSUL_HTTP_TOKEN", "secret"),
         ("BERTH_TTL", "12s"),
     ];
-    let path = file.to_str().unwrap();
+    let path = file.path();
     let c = run(&["--config", path, "--ttl", "20s"], &e).unwrap();
     assert_eq!(c.agent.ttl, Duration::from_secs(20), "flag wins");
     assert_eq!(
@@ -100,15 +118,12 @@ fn flags_beat_env_beat_conventional_env_beat_file() {
         panic!("--config before run")
     };
     assert_eq!(c.agent.ttl, Duration::from_secs(9));
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn a_flag_given_its_default_value_still_beats_the_file() {
-    let d = dir("dflt");
-    let file = d.join("berth.toml");
-    std::fs::write(&file, "ttl = \"9s\"\nconcurrency = 4\n").unwrap();
-    let path = file.to_str().unwrap();
+    let file = File::new("berth.toml", "ttl = \"9s\"\nconcurrency = 4\n");
+    let path = file.path();
     let c = run(
         &["--config", path, "--ttl", "15s", "--concurrency", "16"],
         &[],
@@ -116,21 +131,16 @@ fn a_flag_given_its_default_value_still_beats_the_file() {
     .unwrap();
     assert_eq!(c.agent.ttl, Duration::from_secs(15));
     assert_eq!(c.agent.concurrency, 16);
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn yaml_file_and_bool_flags() {
-    let d = dir("yaml");
-    let file = d.join("berth.yaml");
-    std::fs::write(&file, "internal: true\nnetwork: backend\nresync: 1m\n").unwrap();
+    let file = File::new(
+        "berth.yaml",
+        "internal: true\nnetwork: backend\nresync: 1m\n",
+    );
     let c = run(
-        &[
-            "--config",
-            file.to_str().unwrap(),
-            "--explicit",
-            "--internal=false",
-        ],
+        &["--config", file.path(), "--explicit", "--internal=false"],
         &[],
     )
     .unwrap();
@@ -138,7 +148,6 @@ fn yaml_file_and_bool_flags() {
     assert!(c.agent.explicit);
     assert_eq!(c.agent.network.as_deref(), Some("backend"));
     assert_eq!(c.agent.resync, Duration::from_secs(60));
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
@@ -262,28 +271,22 @@ fn etcd_settings_from_flags_env_and_file() {
     assert_eq!(c.registry.etcd_password.as_deref(), Some("pw"));
     assert_eq!(c.registry.etcd_prefix, "/p");
 
-    let d = dir("etcd");
-    let file = d.join("berth.yaml");
-    std::fs::write(
-        &file,
+    let file = File::new(
+        "berth.yaml",
         "registry: etcd\netcd_endpoints:\n  - http://f1:2379\n  - http://f2:2379\netcd_user: u\netcd_password: p\n",
-    )
-    .unwrap();
-    let c = run(&["--config", file.to_str().unwrap()], &[]).unwrap();
+    );
+    let c = run(&["--config", file.path()], &[]).unwrap();
     assert_eq!(
         c.registry.etcd_endpoints,
         ["http://f1:2379", "http://f2:2379"]
     );
     assert_eq!(c.registry.etcd_password.as_deref(), Some("p"));
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn lookup_takes_the_registry_flags_and_the_rest_from_env_and_file() {
-    let d = dir("lookup");
-    let file = d.join("berth.toml");
     // A file written for `berth run` serves `berth lookup` too.
-    std::fs::write(&file, "ttl = \"9s\"\nnode_name = \"n7\"\n").unwrap();
+    let file = File::new("berth.toml", "ttl = \"9s\"\nnode_name = \"n7\"\n");
     let argv = [
         "berth",
         "lookup",
@@ -295,7 +298,7 @@ fn lookup_takes_the_registry_flags_and_the_rest_from_env_and_file() {
         "--etcd-prefix",
         "/x",
         "--config",
-        file.to_str().unwrap(),
+        file.path(),
     ];
     let Invocation::Lookup {
         service,
@@ -314,17 +317,22 @@ fn lookup_takes_the_registry_flags_and_the_rest_from_env_and_file() {
     assert_eq!(config.agent.node_name.as_deref(), Some("n7"));
     // Agent flags are not lookup's.
     assert!(parse(["berth", "lookup", "web", "--ttl", "5s"], &env(&[])).is_err());
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn unknown_file_keys_are_rejected() {
-    let d = dir("unknown");
-    let file = d.join("berth.toml");
-    std::fs::write(&file, "tll = \"9s\"\n").unwrap();
-    let err = run(&["--config", file.to_str().unwrap()], &[]).unwrap_err();
+    let file = File::new("berth.toml", "tll = \"9s\"\n");
+    let err = run(&["--config", file.path()], &[]).unwrap_err();
     assert!(err.contains("tll"), "{err}");
-    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// The value of the setting `key` in `c`, as text (`None` when unset).
+fn setting(c: &Config, key: &str) -> Option<String> {
+    values(&c.registry)
+        .into_iter()
+        .chain(values(&c.agent))
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v)
 }
 
 /// Every setting can be set from every source by its one name: the file key, `BERTH_<KEY>`,
@@ -378,10 +386,8 @@ fn every_setting_is_read_from_each_source_by_its_one_name() {
             )
         })
         .collect();
-    let d = dir("each");
-    let file = d.join("all.toml");
-    std::fs::write(&file, file_values.join("\n")).unwrap();
-    let from_file = run(&["--config", file.to_str().unwrap()], &[]).unwrap();
+    let file = File::new("all.toml", &file_values.join("\n"));
+    let from_file = run(&["--config", file.path()], &[]).unwrap();
     let env_refs: Vec<(&str, &str)> = env_values
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -391,16 +397,12 @@ fn every_setting_is_read_from_each_source_by_its_one_name() {
         from_file, from_env,
         "the file and BERTH_* set the same settings"
     );
-    for (key, default) in values(&defaults.registry)
-        .into_iter()
-        .chain(values(&defaults.agent))
-    {
-        let read = values(&from_file.registry)
-            .into_iter()
-            .chain(values(&from_file.agent))
-            .find(|(k, _)| *k == key)
-            .and_then(|(_, v)| v);
-        assert_ne!(read, default, "{key} was not read from the file");
+    for key in &keys {
+        assert_ne!(
+            setting(&from_file, key),
+            setting(&defaults, key),
+            "{key} was not read from the file"
+        );
     }
 
     // Flags: every flag of `run` is a setting, under the same name.
@@ -425,14 +427,12 @@ fn every_setting_is_read_from_each_source_by_its_one_name() {
         };
         let from_flag =
             run(&[flag.as_str(), sample(id)], password).unwrap_or_else(|e| panic!("{flag}: {e}"));
-        let got = values(&from_flag.registry)
-            .into_iter()
-            .chain(values(&from_flag.agent))
-            .find(|(k, _)| k == id)
-            .and_then(|(_, v)| v);
-        assert_eq!(got.as_deref(), Some(sample(id)), "{flag} sets {id}");
+        assert_eq!(
+            setting(&from_flag, id).as_deref(),
+            Some(sample(id)),
+            "{flag} sets {id}"
+        );
     }
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 /// docs/configuration.md lists every setting, so the page cannot fall behind the code.

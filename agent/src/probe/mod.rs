@@ -261,6 +261,15 @@ impl Inner {
     }
 }
 
+/// Where the prober's results go.
+#[derive(Clone, Debug)]
+pub struct Outlets {
+    /// Containers whose verdict changed, for the reconciler.
+    pub recheck: mpsc::Sender<String>,
+    /// Containers whose check failed often enough, for self-healing.
+    pub heal: mpsc::Sender<heal::Request>,
+}
+
 /// The probe scheduler, shared by the reconcile workers (through [`Prober::sync`]) and the
 /// check tasks.
 #[derive(Debug)]
@@ -269,31 +278,27 @@ pub struct Prober<P = exec::Executor> {
     probe: P,
     options: Options,
     permits: Semaphore,
-    /// Containers whose verdict changed, for the reconciler.
-    recheck: mpsc::Sender<String>,
-    heal: mpsc::Sender<heal::Request>,
+    outlets: Outlets,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
 
 impl<P: Probe> Prober<P> {
-    /// Check tasks run on `tracker` and stop when `cancel` fires. A changed verdict sends
-    /// the container on `recheck`; a check that failed often enough asks `heal`.
+    /// Check tasks run on `tracker` and stop when `cancel` fires.
     pub fn new(
         probe: P,
         options: Options,
-        recheck: mpsc::Sender<String>,
-        heal: mpsc::Sender<heal::Request>,
+        outlets: Outlets,
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Arc<Prober<P>> {
+        let permits = Semaphore::new(options.concurrency.max(1));
         Arc::new(Prober {
             inner: Mutex::new(Inner::default()),
             probe,
-            permits: Semaphore::new(options.concurrency.max(1)),
             options,
-            recheck,
-            heal,
+            permits,
+            outlets,
             tracker,
             cancel,
         })
@@ -453,7 +458,7 @@ impl<P: Probe> Prober<P> {
         drop(inner);
         // The restart's own events usually trigger this already; a full queue is caught by
         // the next resync.
-        let _ = self.recheck.try_send(container.to_owned());
+        let _ = self.outlets.recheck.try_send(container.to_owned());
     }
 
     /// The self-healing note of `container`, for instances without checks (Docker health).
@@ -468,7 +473,7 @@ impl<P: Probe> Prober<P> {
         // ends a wait on a full channel.
         tokio::select! {
             _ = cancel.cancelled() => {}
-            _ = self.recheck.send(container) => {}
+            _ = self.outlets.recheck.send(container) => {}
         }
     }
 
@@ -499,7 +504,7 @@ async fn run_check<P: Probe>(
         };
         let (trigger, heal) = prober.report(&id, generation, &spec.name, result);
         if let Some(req) = heal {
-            heal::request(&prober.heal, req);
+            heal::request(&prober.outlets.heal, req);
         }
         if let Some(container) = trigger {
             prober.trigger(container, &cancel).await;

@@ -126,8 +126,10 @@ fn harness(concurrency: usize) -> Harness {
             concurrency,
             autoheal_failures: 3,
         },
-        tx,
-        heal_tx,
+        Outlets {
+            recheck: tx,
+            heal: heal_tx,
+        },
         tracker.clone(),
         cancel.clone(),
     );

@@ -295,24 +295,12 @@ impl Store {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use berth_registry::{Origin, Status};
+    use berth_registry::Status;
 
     fn inst(id: &str, container: &str) -> Instance {
-        Instance {
-            id: id.into(),
-            name: "svc".into(),
-            address: "10.0.0.1".into(),
-            port: 80,
-            tags: vec![],
-            meta: Default::default(),
-            origin: Origin {
-                node: "n".into(),
-                container_id: container.into(),
-                container_name: container.into(),
-                image: "img".into(),
-            },
-            health: Health::passing("ok"),
-        }
+        let mut i = berth_registry::contract::instance("n", id, "svc", Health::passing("ok"));
+        i.origin.container_id = container.into();
+        i
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,19 +5,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use berth_registry::Registry;
-use berth_registry::memory::{MemoryRegistry, Op as Call};
+use berth_registry::memory::{Entry, MemoryRegistry, Op as Call};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::*;
-use crate::app::App;
+use crate::app::{App, Running};
 use crate::docker::scripted::Scripted;
 use crate::docker::view::{Attachment, Binding, ContainerView, PortProto, Proto};
-use crate::probe::exec::Executor;
 
 const NODE: &str = "n1";
 
@@ -57,81 +57,61 @@ fn instance_id(id: &str) -> String {
     format!("{NODE}:ctr-{id}:80")
 }
 
-fn settings() -> labels::Settings {
-    labels::Settings {
-        node: NODE.to_owned(),
-        host_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-        internal: false,
-        network: None,
-        explicit: false,
-    }
-}
-
-/// The controller and the heartbeater on channels the test holds; no Docker source, so no
-/// resync: only the mechanism under test can repair anything.
+/// The whole agent on the scripted engine and the memory registry, as `app.rs` wires it,
+/// with a resync that never comes within a test: only the mechanism under test can repair
+/// anything. Built once the source has made its first (empty) listing.
 struct Harness {
     docker: Scripted,
     memory: MemoryRegistry,
-    ctx: Context,
+    store: Arc<Store>,
     triggers: mpsc::Sender<Trigger>,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
+    running: Running,
 }
 
-use tokio_util::sync::CancellationToken;
-
-fn harness(beat_every: Duration) -> Harness {
+async fn harness(extra: &[&str]) -> Harness {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut argv = vec![
+        "berth",
+        "run",
+        "--node-name",
+        NODE,
+        "--host-ip",
+        "10.0.0.1",
+        "--resync",
+        "1h",
+    ];
+    argv.extend_from_slice(extra);
+    let crate::config::Invocation::Run(config) =
+        crate::config::parse(argv, &std::collections::HashMap::new()).unwrap()
+    else {
+        panic!("run")
+    };
     let docker = Scripted::default();
     let memory = MemoryRegistry::new(NODE);
     let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let (tx, rx) = mpsc::channel(1024);
-    let (recheck_tx, recheck_rx) = mpsc::channel(1024);
-    let (heal_tx, _heal_rx) = mpsc::channel(16);
-    let prober = Prober::new(
-        Executor::new().unwrap(),
-        crate::probe::Options {
-            concurrency: 4,
-            autoheal_failures: 3,
-        },
-        recheck_tx,
-        heal_tx.clone(),
-        tracker.clone(),
-        cancel.child_token(),
-    );
-    let ctx = Context {
-        docker: Docker::Scripted(docker.clone()),
-        registry: Registry::Memory(memory.clone()),
-        store: Arc::new(Store::new(beat_every)),
-        settings: Arc::new(settings()),
-        prober,
-        heal: heal_tx,
-    };
-    tracker.spawn(
-        Reconciler::new(
-            ctx.clone(),
-            Options {
-                concurrency: 4,
-                deregister_on_exit: false,
-            },
-        )
-        .run(rx, recheck_rx, cancel.clone()),
-    );
-    tracker.spawn(heartbeat::run(
-        ctx.registry.clone(),
-        ctx.store.clone(),
-        tx.clone(),
-        cancel.clone(),
-    ));
-    Harness {
+    let app = App::assemble(
+        *config,
+        Docker::Scripted(docker.clone()),
+        NODE.to_owned(),
+        Registry::Memory(memory.clone()),
+        &cancel,
+        &TaskTracker::new(),
+    )
+    .unwrap();
+    let (store, triggers) = (app.context().store.clone(), app.triggers());
+    let running = app.spawn(cancel);
+    let h = Harness {
         docker,
         memory,
-        ctx,
-        triggers: tx,
-        cancel,
-        tracker,
-    }
+        store,
+        triggers,
+        running,
+    };
+    until("the source's first listing", Duration::from_secs(1), || {
+        h.docker.streams_opened() == 1
+    })
+    .await;
+    h
 }
 
 impl Harness {
@@ -142,12 +122,24 @@ impl Harness {
             .unwrap();
     }
 
+    /// The port `id` is registered with, if it is.
+    fn port(&self, id: &str) -> Option<u16> {
+        match self.memory.get(id)? {
+            Entry::Berth(i) => Some(i.port),
+            Entry::Foreign => None,
+        }
+    }
+
+    /// Waits until every one of `ids` is registered, at most `limit`.
+    async fn registered(&self, what: &str, limit: Duration, ids: &[&str]) {
+        until(what, limit, || ids.iter().all(|id| self.port(id).is_some())).await;
+    }
+
     async fn stop(self) {
-        self.cancel.cancel();
-        self.tracker.close();
-        tokio::time::timeout(Duration::from_secs(30), self.tracker.wait())
-            .await
-            .expect("the tasks drain");
+        assert!(
+            self.running.stop(Duration::from_secs(30)).await,
+            "the tasks drain"
+        );
     }
 }
 
@@ -159,14 +151,6 @@ fn register_attempts(memory: &MemoryRegistry, id: &str) -> Vec<Instant> {
         .filter(|c| c.op == Call::Register && c.id == id)
         .map(|c| c.at)
         .collect()
-}
-
-/// The port `id` is registered with, if it is.
-fn registered_port(memory: &MemoryRegistry, id: &str) -> Option<u16> {
-    match memory.get(id)? {
-        berth_registry::memory::Entry::Berth(i) => Some(i.port),
-        berth_registry::memory::Entry::Foreign => None,
-    }
 }
 
 /// Waits (on paused time, so it costs nothing) until `f` holds, at most `limit`.
@@ -183,7 +167,7 @@ async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 /// it, which sees what changed meanwhile.
 #[tokio::test(start_paused = true)]
 async fn one_container_is_reconciled_by_one_task_at_a_time_and_once_more_after_changes() {
-    let h = harness(Duration::from_secs(5));
+    let h = harness(&[]).await;
     h.docker.put(web("c1", 30001));
     h.docker.delay_inspects("c1", Duration::from_secs(1));
     for _ in 0..5 {
@@ -197,7 +181,7 @@ async fn one_container_is_reconciled_by_one_task_at_a_time_and_once_more_after_c
 
     let id = instance_id("c1");
     until("the change registered", Duration::from_secs(10), || {
-        registered_port(&h.memory, &id) == Some(30002)
+        h.port(&id) == Some(30002)
     })
     .await;
     assert_eq!(h.docker.max_concurrent_inspects("c1"), 1);
@@ -215,7 +199,7 @@ async fn one_container_is_reconciled_by_one_task_at_a_time_and_once_more_after_c
 /// not retried any more.
 #[tokio::test(start_paused = true)]
 async fn failed_writes_are_retried_with_doubling_jittered_delays_until_they_succeed() {
-    let h = harness(Duration::from_secs(5));
+    let h = harness(&[]).await;
     let id = instance_id("c1");
     h.memory.set_unavailable(true);
     h.docker.put(web("c1", 30001));
@@ -243,10 +227,10 @@ async fn failed_writes_are_retried_with_doubling_jittered_delays_until_they_succ
     );
 
     h.memory.set_unavailable(false);
-    until(
+    h.registered(
         "registered once the registry answers",
         Duration::from_secs(20),
-        || registered_port(&h.memory, &id).is_some(),
+        &[&id],
     )
     .await;
     let after = register_attempts(&h.memory, &id).len();
@@ -264,24 +248,24 @@ async fn failed_writes_are_retried_with_doubling_jittered_delays_until_they_succ
 /// Once the registry would take it, a later try succeeds.
 #[tokio::test(start_paused = true)]
 async fn a_refused_write_is_parked_with_its_reason_and_retried_slowly() {
-    let h = harness(Duration::from_secs(5));
+    let h = harness(&[]).await;
     let (refused, fine) = (instance_id("c1"), instance_id("c2"));
     h.memory.reject(&refused, "value refused by policy");
     h.docker.put(web("c1", 30001));
     h.docker.put(web("c2", 30002));
     h.trigger("c1").await;
     h.trigger("c2").await;
-    until(
+    h.registered(
         "the other container registered",
         Duration::from_secs(5),
-        || registered_port(&h.memory, &fine).is_some(),
+        &[&fine],
     )
     .await;
     until("the refusal parked", Duration::from_secs(5), || {
-        !h.ctx.store.parked().is_empty()
+        !h.store.parked().is_empty()
     })
     .await;
-    let parked = h.ctx.store.parked();
+    let parked = h.store.parked();
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert_eq!(parked[0].op.id(), refused);
     assert_eq!(parked[0].container, "c1");
@@ -306,14 +290,13 @@ async fn a_refused_write_is_parked_with_its_reason_and_retried_slowly() {
     assert_eq!(h.memory.registers_of(&fine), 1);
 
     h.memory.accept(&refused);
-    until("registered once accepted", Duration::from_secs(600), || {
-        registered_port(&h.memory, &refused).is_some()
-    })
+    h.registered(
+        "registered once accepted",
+        Duration::from_secs(600),
+        &[&refused],
+    )
     .await;
-    assert!(
-        h.ctx.store.parked().is_empty(),
-        "the park ends with the write"
-    );
+    assert!(h.store.parked().is_empty(), "the park ends with the write");
     h.stop().await;
 }
 
@@ -322,9 +305,17 @@ async fn a_refused_write_is_parked_with_its_reason_and_retried_slowly() {
 /// in between and register it again.
 #[tokio::test(start_paused = true)]
 async fn a_listing_older_than_the_one_applied_is_ignored() {
-    let h = harness(Duration::from_secs(5));
+    let h = harness(&[]).await;
     let id = instance_id("c1");
     h.docker.put(web("c1", 30001));
+    let lists = |h: &Harness| {
+        h.memory
+            .calls()
+            .iter()
+            .filter(|c| c.op == Call::List)
+            .count()
+    };
+    let before = lists(&h);
     h.memory.delay_next_list(Duration::from_secs(5));
     for _ in 0..2 {
         h.triggers
@@ -332,20 +323,14 @@ async fn a_listing_older_than_the_one_applied_is_ignored() {
             .await
             .unwrap();
     }
-    until(
+    h.registered(
         "registered after the fresh listing",
         Duration::from_secs(2),
-        || registered_port(&h.memory, &id).is_some(),
+        &[&id],
     )
     .await;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let lists = h
-        .memory
-        .calls()
-        .iter()
-        .filter(|c| c.op == Call::List)
-        .count();
-    assert_eq!(lists, 2, "both listings answered");
+    assert_eq!(lists(&h) - before, 2, "both listings answered");
     assert_eq!(
         h.memory.registers_of(&id),
         1,
@@ -358,15 +343,13 @@ async fn a_listing_older_than_the_one_applied_is_ignored() {
 /// retried like any failure.
 #[tokio::test(start_paused = true)]
 async fn a_reconcile_that_panics_frees_its_container_for_a_retry() {
-    let h = harness(Duration::from_secs(5));
+    let h = harness(&[]).await;
     let id = instance_id("c1");
     h.docker.put(web("c1", 30001));
     h.docker.panic_next_inspect("c1");
     h.trigger("c1").await;
-    until("registered after the panic", Duration::from_secs(5), || {
-        registered_port(&h.memory, &id).is_some()
-    })
-    .await;
+    h.registered("registered after the panic", Duration::from_secs(5), &[&id])
+        .await;
     assert_eq!(
         h.docker.inspects_of("c1"),
         2,
@@ -376,27 +359,22 @@ async fn a_reconcile_that_panics_frees_its_container_for_a_retry() {
 }
 
 /// Mechanism: the heartbeat's `NotFound` repair. A registry that forgets an instance (a
-/// Consul dev agent restart) is found out by the next heartbeat, and the container is
-/// registered again at once; nothing else in this harness would repair it.
+/// Consul dev agent restart) is found out by the next heartbeat (every ttl/3 = 1 s), and the
+/// container is registered again at once.
 #[tokio::test(start_paused = true)]
 async fn an_instance_the_registry_lost_is_registered_again_after_the_next_heartbeat() {
-    let beat = Duration::from_secs(1);
-    let h = harness(beat);
+    let h = harness(&["--ttl", "3s"]).await;
     let id = instance_id("c1");
     h.docker.put(web("c1", 30001));
     h.trigger("c1").await;
-    until("registered", Duration::from_secs(2), || {
-        registered_port(&h.memory, &id).is_some()
-    })
-    .await;
+    h.registered("registered", Duration::from_secs(2), &[&id])
+        .await;
     h.memory.clear();
     let lost_at = Instant::now();
-    until("registered again", Duration::from_secs(10), || {
-        registered_port(&h.memory, &id).is_some()
-    })
-    .await;
+    h.registered("registered again", Duration::from_secs(10), &[&id])
+        .await;
     assert!(
-        lost_at.elapsed() <= beat + Duration::from_millis(100),
+        lost_at.elapsed() <= Duration::from_millis(1100),
         "repaired {:?} after the loss",
         lost_at.elapsed()
     );
@@ -404,97 +382,34 @@ async fn an_instance_the_registry_lost_is_registered_again_after_the_next_heartb
     h.stop().await;
 }
 
-/// The whole agent on the scripted engine and the memory registry, with a resync that never
-/// comes within a test.
-struct Agent {
-    docker: Scripted,
-    memory: MemoryRegistry,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
-}
-
-fn agent(extra: &[&str]) -> Agent {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut argv = vec![
-        "berth",
-        "run",
-        "--node-name",
-        NODE,
-        "--host-ip",
-        "10.0.0.1",
-        "--resync",
-        "1h",
-    ];
-    argv.extend_from_slice(extra);
-    let crate::config::Invocation::Run(config) =
-        crate::config::parse(argv, &std::collections::HashMap::new()).unwrap()
-    else {
-        panic!("run")
-    };
-    let docker = Scripted::default();
-    let memory = MemoryRegistry::new(NODE);
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let app = App::assemble(
-        *config,
-        Docker::Scripted(docker.clone()),
-        NODE.to_owned(),
-        Registry::Memory(memory.clone()),
-        &cancel,
-        &tracker,
-    )
-    .unwrap();
-    app.spawn(cancel.clone());
-    tracker.close();
-    Agent {
-        docker,
-        memory,
-        cancel,
-        tracker,
-    }
-}
-
-impl Agent {
-    async fn stop(self) {
-        self.cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.tracker.wait())
-            .await
-            .expect("the tasks drain");
-    }
-}
-
 /// Mechanism: `Registry::maintain` waking the source's `resync_now`. When the registry drops
 /// every instance of the node at once (an etcd lease expired), everything is written again
 /// within moments, long before a heartbeat (every 20 s here) or the resync (1 h) would.
 #[tokio::test(start_paused = true)]
 async fn a_lost_lease_is_repaired_by_relisting_at_once() {
-    let a = agent(&["--ttl", "60s", "--deregister-critical-after", "2m"]);
-    a.docker.put(web("c1", 30001));
-    a.docker.put(web("c2", 30002));
-    // The source's first listing (at connect) finds both.
+    let h = harness(&["--ttl", "60s", "--deregister-critical-after", "2m"]).await;
     let ids = [instance_id("c1"), instance_id("c2")];
-    until("both registered", Duration::from_secs(2), || {
-        ids.iter()
-            .all(|id| registered_port(&a.memory, id).is_some())
-    })
-    .await;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    for (c, port) in [("c1", 30001), ("c2", 30002)] {
+        h.docker.put(web(c, port));
+        assert!(h.docker.emit(c, "start"));
+    }
+    h.registered("both registered", Duration::from_secs(2), &ids)
+        .await;
 
-    a.memory.expire_lease();
+    h.memory.expire_lease();
     let lost_at = Instant::now();
-    until("both registered again", Duration::from_secs(10), || {
-        ids.iter()
-            .all(|id| registered_port(&a.memory, id).is_some())
-    })
-    .await;
+    h.registered("both registered again", Duration::from_secs(10), &ids)
+        .await;
     assert!(
         lost_at.elapsed() < Duration::from_secs(1),
         "repaired {:?} after the loss",
         lost_at.elapsed()
     );
     for id in &ids {
-        assert_eq!(a.memory.registers_of(id), 2, "{id}");
+        assert_eq!(h.memory.registers_of(id), 2, "{id}");
     }
-    a.stop().await;
+    h.stop().await;
 }
 
 /// Mechanism: the source's reconnect and relist. When the event stream ends (dockerd
@@ -502,66 +417,59 @@ async fn a_lost_lease_is_repaired_by_relisting_at_once() {
 /// meanwhile is deregistered, one that came is registered, and one that stayed is left alone.
 #[tokio::test(start_paused = true)]
 async fn an_event_stream_that_ends_is_reopened_and_the_relist_repairs_what_was_missed() {
-    let a = agent(&[]);
-    a.docker.put(web("stays", 30001));
-    a.docker.put(web("goes", 30002));
+    let h = harness(&[]).await;
     let (stays, goes, comes) = (
         instance_id("stays"),
         instance_id("goes"),
         instance_id("comes"),
     );
-    until("both registered", Duration::from_secs(2), || {
-        registered_port(&a.memory, &stays).is_some() && registered_port(&a.memory, &goes).is_some()
-    })
-    .await;
-    assert_eq!(a.docker.streams_opened(), 1);
+    for (c, port) in [("stays", 30001), ("goes", 30002)] {
+        h.docker.put(web(c, port));
+        assert!(h.docker.emit(c, "start"));
+    }
+    h.registered("both registered", Duration::from_secs(2), &[&stays, &goes])
+        .await;
 
     // dockerd goes away; while it is down one container is removed and another started,
     // and their events are lost with the stream.
-    a.docker.set_down(true);
-    a.docker.end_stream();
-    a.docker.remove("goes");
-    a.docker.put(web("comes", 30003));
+    h.docker.set_down(true);
+    h.docker.end_stream();
+    h.docker.remove("goes");
+    h.docker.put(web("comes", 30003));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    a.docker.set_down(false);
+    h.docker.set_down(false);
 
     until("the outage repaired", Duration::from_secs(60), || {
-        registered_port(&a.memory, &goes).is_none() && registered_port(&a.memory, &comes).is_some()
+        h.port(&goes).is_none() && h.port(&comes).is_some()
     })
     .await;
-    assert!(a.docker.streams_opened() >= 2, "the stream was reopened");
+    assert!(h.docker.streams_opened() >= 2, "the stream was reopened");
     assert_eq!(
-        a.memory.registers_of(&stays),
+        h.memory.registers_of(&stays),
         1,
         "the survivor was not rewritten"
     );
-    a.stop().await;
+    h.stop().await;
 }
 
 /// Events arrive as triggers: a container started after the agent is registered from its
 /// `start` event alone (no resync within the test), and removed from its `destroy`.
 #[tokio::test(start_paused = true)]
 async fn events_register_and_deregister_without_a_resync() {
-    let a = agent(&[]);
-    until("the stream open", Duration::from_secs(2), || {
-        a.docker.streams_opened() == 1
-    })
-    .await;
-    a.docker.put(web("c1", 30001));
-    assert!(a.docker.emit("c1", "start"));
+    let h = harness(&[]).await;
     let id = instance_id("c1");
-    until("registered from the event", Duration::from_secs(2), || {
-        registered_port(&a.memory, &id).is_some()
-    })
-    .await;
-    a.docker.remove("c1");
-    assert!(a.docker.emit("c1", "destroy"));
+    h.docker.put(web("c1", 30001));
+    assert!(h.docker.emit("c1", "start"));
+    h.registered("registered from the event", Duration::from_secs(2), &[&id])
+        .await;
+    h.docker.remove("c1");
+    assert!(h.docker.emit("c1", "destroy"));
     until(
         "deregistered from the event",
         Duration::from_secs(2),
-        || registered_port(&a.memory, &id).is_none(),
+        || h.port(&id).is_none(),
     )
     .await;
-    assert_eq!(a.docker.lists(), 1, "no relist was needed");
-    a.stop().await;
+    assert_eq!(h.docker.lists(), 1, "no relist was needed");
+    h.stop().await;
 }

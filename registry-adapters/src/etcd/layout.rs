@@ -150,21 +150,7 @@ mod tests {
     use std::time::Duration;
 
     fn sample() -> Instance {
-        Instance {
-            id: "node1:web:80".into(),
-            name: "web".into(),
-            address: "10.0.0.1".into(),
-            port: 32768,
-            tags: vec!["a".into()],
-            meta: BTreeMap::from([("region".into(), "eu".into())]),
-            origin: Origin {
-                node: "node1".into(),
-                container_id: "abc".into(),
-                container_name: "web".into(),
-                image: "nginx:1".into(),
-            },
-            health: Health::passing("ok"),
-        }
+        crate::contract::instance("node1", "node1:web:80", "web", Health::passing("ok"))
     }
 
     #[test]
@@ -195,14 +181,14 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["id"], "node1:web:80");
         assert_eq!(v["name"], "web");
-        assert_eq!(v["address"], "10.0.0.1");
+        assert_eq!(v["address"], "10.0.0.7");
         assert_eq!(v["port"], 32768);
-        assert_eq!(v["tags"], serde_json::json!(["a"]));
-        assert_eq!(v["meta"]["region"], "eu");
+        assert_eq!(v["tags"], serde_json::json!(["v1"]));
+        assert_eq!(v["meta"]["team"], "core");
         assert_eq!(v["node"], "node1");
-        assert_eq!(v["container_id"], "abc");
-        assert_eq!(v["container_name"], "web");
-        assert_eq!(v["image"], "nginx:1");
+        assert_eq!(v["container_id"], "c0ffee".repeat(8));
+        assert_eq!(v["container_name"], "ctr-web");
+        assert_eq!(v["image"], "example/web:1");
         assert_eq!(v["health"]["status"], "passing");
         assert_eq!(v["health"]["output"], "ok");
         assert_eq!(v["updated"], "2026-11-18T11:06:40.123Z");

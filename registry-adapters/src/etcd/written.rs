@@ -125,25 +125,11 @@ pub(super) struct Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::instance::{Health, Instance, Origin};
+    use crate::instance::Health;
     use std::time::SystemTime;
 
     fn entry(id: &str, seq: u64) -> Entry {
-        let instance = Instance {
-            id: id.into(),
-            name: "web".into(),
-            address: "10.0.0.1".into(),
-            port: 80,
-            tags: vec![],
-            meta: Default::default(),
-            origin: Origin {
-                node: "n".into(),
-                container_id: "c".into(),
-                container_name: "c".into(),
-                image: "i".into(),
-            },
-            health: Health::passing("ok"),
-        };
+        let instance = crate::contract::instance("n", id, "web", Health::passing("ok"));
         Entry {
             key: format!("/berth/services/web/{id}"),
             record: Record::new(&instance, &instance.health, SystemTime::UNIX_EPOCH),
