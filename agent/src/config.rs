@@ -174,7 +174,7 @@ pub struct AgentConfig {
     #[arg(long, value_name = "URL")]
     pub docker_host: Option<String>,
     /// Timeout of every Docker API call.
-    #[arg(skip = Duration::from_secs(10))]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
     #[serde(with = "humantime_serde")]
     pub docker_timeout: Duration,
     /// Containers reconciled at once.
