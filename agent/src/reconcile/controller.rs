@@ -105,7 +105,7 @@ impl Controller {
                 self.failures.remove(&id);
                 return;
             }
-            Outcome::Parked(until) => until,
+            Outcome::Parked(retry_in) => retry_in,
             Outcome::Retry => {
                 let n = self.failures.entry(id.clone()).or_insert(0);
                 *n = n.saturating_add(1);
