@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use berth_registry::{Listing, RegistryError};
 use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -72,8 +73,9 @@ struct Controller {
     dirty: HashSet<String>,
     /// Consecutive failed reconciles per container, for the retry backoff.
     failures: HashMap<String, u32>,
-    /// Containers with a retry timer pending (at most one each).
-    retrying: HashSet<String>,
+    /// Containers with a retry timer pending (at most one each): when it fires, and the
+    /// handle that cancels it when an earlier retry is wanted.
+    retrying: HashMap<String, (Instant, AbortHandle)>,
     /// Sequence of the latest snapshot started and of the latest listing applied, so an
     /// older listing never overwrites a newer one.
     snapshot_seq: u64,
@@ -112,16 +114,23 @@ impl Controller {
                 Backoff::RETRY.delay(*n, &mut rand::rng())
             }
         };
-        if self.retrying.insert(id.clone()) {
-            let cancel = self.cancel.clone();
-            self.jobs.spawn(async move {
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                Done::Retry(id)
-            });
+        // One timer per container: a parked write's slow one gives way to a sooner retry.
+        let at = Instant::now() + delay;
+        match self.retrying.get(&id) {
+            Some((pending, _)) if *pending <= at => return,
+            Some((_, timer)) => timer.abort(),
+            None => {}
         }
+        let cancel = self.cancel.clone();
+        let key = id.clone();
+        let timer = self.jobs.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep_until(at) => {}
+            }
+            Done::Retry(id)
+        });
+        self.retrying.insert(key, (at, timer));
     }
 
     fn start_snapshot(&mut self, ids: Vec<String>) {
@@ -183,6 +192,8 @@ impl Controller {
                 self.schedule(id);
             }
             Ok((_, Done::Snapshot { seq, listing, ids })) => self.snapshot_done(seq, listing, ids),
+            // A retry timer replaced by a sooner one.
+            Err(e) if e.is_cancelled() => {}
             Err(e) => {
                 let container = self.tasks.remove(&e.id());
                 warn!(error = %e, container = container.as_deref().map(crate::docker::short_id), "reconcile task failed; retrying its container");
@@ -222,7 +233,7 @@ impl Reconciler {
             running: HashSet::new(),
             dirty: HashSet::new(),
             failures: HashMap::new(),
-            retrying: HashSet::new(),
+            retrying: HashMap::new(),
             snapshot_seq: 0,
             applied_seq: 0,
             cancel: cancel.clone(),

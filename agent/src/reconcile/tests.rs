@@ -52,6 +52,23 @@ fn web(id: &str, host_port: u16) -> ContainerView {
     }
 }
 
+/// `web` with a second port, 81, published on `second`.
+fn web2(id: &str, first: u16, second: u16) -> ContainerView {
+    let mut v = web(id, first);
+    let pp = PortProto {
+        port: 81,
+        proto: Proto::Tcp,
+    };
+    v.exposed.push(pp);
+    v.bindings.push(Binding {
+        private: pp,
+        host_ip: None,
+        host_port: second,
+        v6_wildcard: false,
+    });
+    v
+}
+
 /// The instance id of `web(id, _)`.
 fn instance_id(id: &str) -> String {
     format!("{NODE}:ctr-{id}:80")
@@ -244,7 +261,7 @@ async fn failed_writes_are_retried_with_doubling_jittered_delays_until_they_succ
 }
 
 /// Mechanism: parking. A write the registry refuses is not retried at the outage rate; it
-/// waits, its reason is kept for the status output, and other containers are unaffected.
+/// waits, its reason is kept in the store, and other containers are unaffected.
 /// Once the registry would take it, a later try succeeds.
 #[tokio::test(start_paused = true)]
 async fn a_refused_write_is_parked_with_its_reason_and_retried_slowly() {
@@ -297,6 +314,46 @@ async fn a_refused_write_is_parked_with_its_reason_and_retried_slowly() {
     )
     .await;
     assert!(h.store.parked().is_empty(), "the park ends with the write");
+    h.stop().await;
+}
+
+/// Mechanism: one retry timer per container, replaced by a sooner one. A container with a
+/// parked write (retried in 15 s or more) whose other write then fails for a passing reason
+/// is retried at the outage rate, not at the park's.
+#[tokio::test(start_paused = true)]
+async fn a_parked_write_does_not_delay_the_retry_of_another_write_of_its_container() {
+    let h = harness(&[]).await;
+    let (refused, other) = (format!("{NODE}:ctr-c1:80"), format!("{NODE}:ctr-c1:81"));
+    h.memory.reject(&refused, "value refused by policy");
+    h.docker.put(web2("c1", 30001, 30002));
+    h.trigger("c1").await;
+    h.registered(
+        "the other port registered",
+        Duration::from_secs(2),
+        &[&other],
+    )
+    .await;
+    until("the refusal parked", Duration::from_secs(2), || {
+        !h.store.parked().is_empty()
+    })
+    .await;
+
+    // The other port moves while the registry is briefly down.
+    h.memory.set_unavailable(true);
+    h.docker.put(web2("c1", 30001, 30003));
+    h.trigger("c1").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.memory.set_unavailable(false);
+    let back = Instant::now();
+    until("the move written", Duration::from_secs(60), || {
+        h.port(&other) == Some(30003)
+    })
+    .await;
+    assert!(
+        back.elapsed() < Duration::from_secs(1),
+        "written {:?} after the registry came back",
+        back.elapsed()
+    );
     h.stop().await;
 }
 
