@@ -306,12 +306,12 @@ where
     let file = cli.config.as_ref();
     Ok(match (cli.command, matches.subcommand()) {
         (Command::Run(args), Some((_, sub))) => {
-            let mut given = given(&args.registry, sub);
-            given.extend(self::given(&args.agent, sub));
+            let mut given = given(&args.registry, sub)?;
+            given.extend(self::given(&args.agent, sub)?);
             Invocation::Run(Box::new(Config::load(file, &given, env)?))
         }
         (Command::Lookup(args), Some((_, sub))) => {
-            let given = given(&args.registry, sub);
+            let given = given(&args.registry, sub)?;
             Invocation::Lookup {
                 service: args.service,
                 passing: args.passing,
@@ -327,12 +327,20 @@ where
 }
 
 /// Every key of a settings part, with its value as a string (`None` when unset), from its
-/// serialised form: lists joined with commas, durations as `15s`.
-fn values<T: Serialize>(part: &T) -> Vec<(String, Option<String>)> {
-    let Ok(serde_json::Value::Object(map)) = serde_json::to_value(part) else {
-        return Vec::new();
+/// serialised form: lists joined with commas, durations as `15s`. Fails for a value that
+/// has no text form (a path that is not UTF-8).
+fn values<T: Serialize>(part: &T) -> Result<Vec<(String, Option<String>)>, ConfigError> {
+    let map = match serde_json::to_value(part) {
+        Ok(serde_json::Value::Object(map)) => map,
+        Ok(_) => return Err(ConfigError::Invalid("settings are not a map".into())),
+        Err(e) => {
+            return Err(ConfigError::Invalid(format!(
+                "a value cannot be read as text ({e}); paths must be UTF-8"
+            )));
+        }
     };
-    map.into_iter()
+    Ok(map
+        .into_iter()
         .map(|(key, value)| {
             let text = match value {
                 serde_json::Value::Null => None,
@@ -348,12 +356,15 @@ fn values<T: Serialize>(part: &T) -> Vec<(String, Option<String>)> {
             };
             (key, text)
         })
-        .collect()
+        .collect())
 }
 
 /// The values of `part` that were given on the command line.
-fn given<T: Serialize>(part: &T, matches: &ArgMatches) -> Vec<(String, String)> {
-    values(part)
+fn given<T: Serialize>(
+    part: &T,
+    matches: &ArgMatches,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    Ok(values(part)?
         .into_iter()
         .filter(|(key, _)| {
             matches
@@ -361,7 +372,7 @@ fn given<T: Serialize>(part: &T, matches: &ArgMatches) -> Vec<(String, String)> 
                 .is_ok_and(|_| matches.value_source(key) == Some(ValueSource::CommandLine))
         })
         .filter_map(|(key, value)| Some((key, value?)))
-        .collect()
+        .collect())
 }
 
 /// A part as it is when nothing sets it: its clap defaults and `skip` values.
@@ -393,8 +404,8 @@ fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>,
 /// Both parts' defaults as `(key, value)`; `None` for settings unset by default.
 fn all_defaults() -> Result<Vec<(String, Option<String>)>, ConfigError> {
     let bad = |e: clap::Error| ConfigError::Invalid(format!("defaults: {e}"));
-    let mut all = values(&defaults::<RegistryConfig>().map_err(bad)?);
-    all.extend(values(&defaults::<AgentConfig>().map_err(bad)?));
+    let mut all = values(&defaults::<RegistryConfig>().map_err(bad)?)?;
+    all.extend(values(&defaults::<AgentConfig>().map_err(bad)?)?);
     Ok(all)
 }
 

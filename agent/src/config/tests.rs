@@ -320,6 +320,20 @@ fn lookup_takes_the_registry_flags_and_the_rest_from_env_and_file() {
 }
 
 #[test]
+fn a_path_that_is_not_utf8_is_refused_not_dropped() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let bad = std::ffi::OsStr::from_bytes(b"/tmp/\xff.pem");
+    let argv: Vec<std::ffi::OsString> = ["berth", "run", "--registry", "etcd", "--etcd-cacert"]
+        .iter()
+        .map(std::ffi::OsString::from)
+        .chain([bad.to_owned()])
+        .collect();
+    let err = parse(argv, &env(&[])).expect_err("a non-UTF-8 path");
+    let err = crate::telemetry::chain(&err);
+    assert!(err.contains("UTF-8"), "{err}");
+}
+
+#[test]
 fn unknown_file_keys_are_rejected() {
     let file = File::new("berth.toml", "tll = \"9s\"\n");
     let err = run(&["--config", file.path()], &[]).unwrap_err();
@@ -329,8 +343,9 @@ fn unknown_file_keys_are_rejected() {
 /// The value of the setting `key` in `c`, as text (`None` when unset).
 fn setting(c: &Config, key: &str) -> Option<String> {
     values(&c.registry)
+        .unwrap()
         .into_iter()
-        .chain(values(&c.agent))
+        .chain(values(&c.agent).unwrap())
         .find(|(k, _)| k == key)
         .and_then(|(_, v)| v)
 }
