@@ -264,6 +264,34 @@ fn list_tells_berths_instances_from_other_services_and_reads_missing_checks_as_c
     assert_eq!(services["redis-1"]["Port"], 6379, "{services:#}");
 }
 
+/// An id berth registered, that someone else removed and another tool then took, is looked
+/// up again once a listing has shown it is no longer berth's: it is left alone.
+#[test]
+fn an_id_taken_over_by_another_tool_is_left_alone_after_the_next_listing() {
+    let consul = ConsulServer::start();
+    let reg = registry(&consul);
+    let rt = Rt::new();
+    let web = instance("node1:web:80", "web", Health::passing("ok"));
+    rt.run(reg.register(&web)).unwrap();
+    consul.put("/v1/agent/service/deregister/node1:web:80", &json!(null));
+    consul.put(
+        "/v1/agent/service/register",
+        &json!({"ID": web.id, "Name": "theirs", "Port": 1234}),
+    );
+
+    let listing = rt.run(reg.list()).unwrap();
+    assert!(listing.owned.is_empty(), "{listing:?}");
+    assert!(listing.foreign_ids.contains(&web.id));
+    let err = rt.run(reg.register(&web)).unwrap_err();
+    assert!(matches!(err, RegistryError::Rejected { .. }), "{err:?}");
+    rt.run(reg.deregister(&web.id)).unwrap();
+    let err = rt.run(reg.heartbeat(&web.id)).unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err:?}");
+    let services = consul.get("/v1/agent/services").unwrap();
+    assert_eq!(services[&web.id]["Service"], "theirs", "{services:#}");
+    assert_eq!(services[&web.id]["Port"], 1234, "{services:#}");
+}
+
 #[test]
 fn heartbeat_and_set_health_after_a_consul_restart_are_not_found() {
     let mut consul = ConsulServer::start();

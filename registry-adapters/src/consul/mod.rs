@@ -57,8 +57,9 @@ use crate::instance::{Health, Instance, Listing};
 pub struct ConsulRegistry {
     agent: Agent,
     node: Arc<str>,
-    /// Ids this client registered and has not removed since: known to be this node's, so
-    /// writing them needs no ownership check. Any other id is looked up first.
+    /// Ids this client registered (or looked up and found its own), and still owned at the
+    /// last listing: known to be this node's, so writing them needs no ownership check. Any
+    /// other id is looked up first.
     mine: Arc<Mutex<HashSet<String>>>,
     ttl: Duration,
     deregister_critical_after: Duration,
@@ -145,6 +146,10 @@ impl ConsulRegistry {
                 }
             }
         }
+        // An id someone else removed (Consul reaped it, an operator deregistered it) is not
+        // known to be this node's any more: its next write looks it up again.
+        let owned: HashSet<&str> = listing.owned.iter().map(|i| i.id.as_str()).collect();
+        self.mine().retain(|id| owned.contains(id.as_str()));
         Ok(listing)
     }
 
