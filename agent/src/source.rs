@@ -117,9 +117,11 @@ async fn watch_once(
             ev = events.next() => match ev {
                 Some(Ok(ev)) => {
                     healthy = true;
-                    debug!(container = %ev.container, action = %ev.action, "docker event");
-                    if tx.send(Trigger::Container(ev.container)).await.is_err() {
-                        return Ok(());
+                    if let Some(ev) = ev {
+                        debug!(container = %ev.container, action = %ev.action, "docker event");
+                        if tx.send(Trigger::Container(ev.container)).await.is_err() {
+                            return Ok(());
+                        }
                     }
                     continue;
                 }

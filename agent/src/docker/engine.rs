@@ -142,8 +142,8 @@ impl Engine {
         }
     }
 
-    /// Container and network events since `since`, reduced to the ones berth acts on.
-    pub fn events(&self, since: i64) -> BoxStream<'static, Result<Event, DockerError>> {
+    /// Container and network events since `since`; `Some` for the ones berth acts on.
+    pub fn events(&self, since: i64) -> BoxStream<'static, Result<Option<Event>, DockerError>> {
         let filters = HashMap::from([("type", vec!["container", "network"])]);
         let opts = EventsOptionsBuilder::default()
             .since(&since.to_string())
@@ -153,7 +153,8 @@ impl Engine {
             .events(Some(opts))
             .filter_map(|ev| async move {
                 match ev {
-                    Ok(ev) => relevant(&ev).map(Ok),
+                    // Every event shows the stream is alive; only some are acted on.
+                    Ok(ev) => Some(Ok(relevant(&ev))),
                     Err(source) => Some(Err(DockerError::Api {
                         op: "event stream",
                         source: source.into(),

@@ -142,9 +142,10 @@ impl Docker {
         }
     }
 
-    /// Container and network events since `since` (unix seconds) that can change a
-    /// registration. The stream ends, or yields one error and ends, when the connection does.
-    pub fn events(&self, since: i64) -> BoxStream<'static, Result<Event, DockerError>> {
+    /// Container and network events since `since` (unix seconds): `Some` for one that can
+    /// change a registration, `None` for any other (it still shows the connection works).
+    /// The stream ends, or yields one error and ends, when the connection does.
+    pub fn events(&self, since: i64) -> BoxStream<'static, Result<Option<Event>, DockerError>> {
         match self {
             Docker::Engine(e) => e.events(since),
             #[cfg(test)]

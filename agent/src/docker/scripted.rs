@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::view::ContainerView;
 use super::{DockerError, Event};
 
-type Events = mpsc::UnboundedSender<Result<Event, DockerError>>;
+type Events = mpsc::UnboundedSender<Result<Option<Event>, DockerError>>;
 
 #[derive(Debug, Default)]
 struct State {
@@ -101,7 +101,7 @@ impl Scripted {
         self.state()
             .stream
             .as_ref()
-            .is_some_and(|s| s.send(Ok(event)).is_ok())
+            .is_some_and(|s| s.send(Ok(Some(event))).is_ok())
     }
 
     /// Ends the open event stream, as a dockerd restart does.
@@ -216,7 +216,7 @@ impl Scripted {
     }
 
     /// A new stream; the one opened before it ends.
-    pub(super) fn events(&self) -> BoxStream<'static, Result<Event, DockerError>> {
+    pub(super) fn events(&self) -> BoxStream<'static, Result<Option<Event>, DockerError>> {
         let mut state = self.state();
         if state.down {
             return futures::stream::once(async { Err(failure("event stream")) }).boxed();
