@@ -182,7 +182,8 @@ impl MemoryRegistry {
         self.state().calls.clone()
     }
 
-    /// Successful writes through any handle of this store.
+    /// Successful write calls through any handle of this store (a deregister of an id that
+    /// is not the caller's succeeds, changes nothing, and counts).
     pub fn writes(&self) -> Writes {
         let mut w = Writes::default();
         for c in self.state().calls.iter().filter(|c| c.ok) {

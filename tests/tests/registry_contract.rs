@@ -23,6 +23,7 @@ struct Real<S> {
     wipe: fn(&mut S),
     stop: fn(&mut S),
     resume: fn(&mut S),
+    marks_stale: bool,
 }
 
 impl<S> Subject for Real<S> {
@@ -41,6 +42,10 @@ impl<S> Subject for Real<S> {
 
     fn start(&mut self) {
         (self.resume)(&mut self.server);
+    }
+
+    fn marks_stale(&self) -> bool {
+        self.marks_stale
     }
 }
 
@@ -62,6 +67,7 @@ fn consul() -> Real<ConsulServer> {
         wipe: ConsulServer::restart,
         stop: ConsulServer::stop,
         resume: ConsulServer::resume,
+        marks_stale: false,
     }
 }
 
@@ -84,6 +90,8 @@ fn etcd() -> Real<EtcdServer> {
         wipe: EtcdServer::restart_wiped,
         stop: EtcdServer::stop,
         resume: EtcdServer::resume,
+        // A new client is a new lease; what an earlier client wrote is on the old one.
+        marks_stale: true,
     }
 }
 
