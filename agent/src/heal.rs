@@ -5,8 +5,8 @@
 //! from the reconciler (Docker's HEALTHCHECK says `unhealthy`). This task owns the per-container
 //! limits, so it needs no lock: after a restart the container is left alone for
 //! `--autoheal-cooldown`, and at most `--autoheal-max-restarts` restarts happen per
-//! `--autoheal-window`; then berth logs `autoheal: restart limit reached` once and waits for
-//! the window to move on.
+//! `--autoheal-window`; then berth logs "autoheal restart limit reached" once (the record's
+//! message goes on: "; not restarting until the window moves on") and waits.
 //!
 //! This is the only part of berth that writes to the Docker API (`POST
 //! /containers/<id>/restart`); everything else only reads.

@@ -271,7 +271,7 @@ impl Store {
             .retain(|id, p| p.container != container || wanted.contains(id.as_str()));
     }
 
-    /// Every parked write, by instance id (for the status output).
+    /// Every parked write, by instance id (for a status output; today only tests read it).
     pub fn parked(&self) -> Vec<Parked> {
         self.lock().parked.values().cloned().collect()
     }
