@@ -1,7 +1,7 @@
 //! A scripted Docker engine for unit tests: the test sets what each container inspects as,
-//! emits events, ends or breaks the event stream, and makes calls fail, hang or panic, all
-//! on tokio time, so the reconciler and the Docker source run on paused time without an
-//! engine. It records what it was asked, for assertions.
+//! emits events, ends the event stream, and makes calls fail, answer slowly or panic, all on
+//! tokio time, so the reconciler and the Docker source run on paused time without an engine.
+//! It records what it was asked, for assertions.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,7 +24,6 @@ struct State {
     /// Every call fails, as if the engine were unreachable.
     down: bool,
     inspect_delays: HashMap<String, Duration>,
-    inspect_failures: HashMap<String, u32>,
     inspect_panics: HashMap<String, u32>,
     /// The event stream opened last; dropping it ends that stream.
     stream: Option<Events>,
@@ -33,7 +32,6 @@ struct State {
     in_flight: HashMap<String, usize>,
     max_in_flight: HashMap<String, usize>,
     lists: usize,
-    restarts: Vec<String>,
 }
 
 /// The scripted engine. Clones share one script.
@@ -76,11 +74,6 @@ impl Scripted {
     /// it was asked (as an engine does that is slow to answer).
     pub fn delay_inspects(&self, id: &str, delay: Duration) {
         self.state().inspect_delays.insert(id.to_owned(), delay);
-    }
-
-    /// The next `n` inspects of `id` fail.
-    pub fn fail_inspects(&self, id: &str, n: u32) {
-        self.state().inspect_failures.insert(id.to_owned(), n);
     }
 
     /// The next inspect of `id` panics (a bug in a reconcile task).
@@ -128,24 +121,9 @@ impl Scripted {
             .count()
     }
 
-    /// When each inspect of `id` was asked.
-    pub fn inspect_times(&self, id: &str) -> Vec<Instant> {
-        self.state()
-            .inspects
-            .iter()
-            .filter(|(_, i)| i == id)
-            .map(|(at, _)| *at)
-            .collect()
-    }
-
     /// The most inspects of `id` that were in flight at once.
     pub fn max_concurrent_inspects(&self, id: &str) -> usize {
         self.state().max_in_flight.get(id).copied().unwrap_or(0)
-    }
-
-    /// Containers restarted so far, in order.
-    pub fn restarts(&self) -> Vec<String> {
-        self.state().restarts.clone()
     }
 
     pub(super) async fn call(&self, op: &'static str) -> Result<(), DockerError> {
@@ -186,10 +164,6 @@ impl Scripted {
                 drop(state);
                 panic!("scripted panic while inspecting {id}");
             }
-            if let Some(n) = state.inspect_failures.get_mut(id).filter(|n| **n > 0) {
-                *n -= 1;
-                return Err(failure("inspect"));
-            }
             let n = state.in_flight.entry(id.to_owned()).or_default();
             *n += 1;
             let now = *n;
@@ -209,10 +183,8 @@ impl Scripted {
         Ok(answer)
     }
 
-    pub(super) async fn restart(&self, id: &str) -> Result<(), DockerError> {
-        self.call("restart").await?;
-        self.state().restarts.push(id.to_owned());
-        Ok(())
+    pub(super) async fn restart(&self, _id: &str) -> Result<(), DockerError> {
+        self.call("restart").await
     }
 
     /// A new stream; the one opened before it ends.

@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use berth_registry::limits::MAX_HEALTH_OUTPUT;
+use berth_registry::limits::truncate_output;
 use berth_registry::{Health, Instance, Origin};
 
 use super::checks::{Checked, Probes};
 use super::notes::Notes;
 use super::specs::{IdRule, Spec, proto_marks};
-use super::{CheckLabels, Settings, sanitize};
+use super::{CheckLabels, Settings};
 use crate::docker::view::{ContainerView, DockerHealth, Proto};
 
 /// One instance with its check keys and probes.
@@ -193,7 +193,7 @@ fn health(view: &ContainerView) -> Health {
             // Cap the whole output, as backends store it: a longer desired output would never
             // equal the stored one and be re-sent on every resync.
             let full = format!("Docker HEALTHCHECK: unhealthy: {out}");
-            Health::critical(sanitize::truncate(&full, MAX_HEALTH_OUTPUT))
+            Health::critical(truncate_output(&full))
         }
     }
 }
