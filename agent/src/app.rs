@@ -22,12 +22,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::admin::status::Identity;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::docker::{Docker, DockerError};
 use crate::heal;
 use crate::hostip;
 use crate::labels;
+use crate::observe::Observer;
 use crate::probe::{self, Prober};
 use crate::reconcile::{self, Context, Reconciler, Trigger, heartbeat, store::Store};
 use crate::source;
@@ -62,12 +64,13 @@ impl App {
     /// included, runs on `tracker`.
     pub async fn build(
         config: Config,
+        observe: Arc<Observer>,
         cancel: &CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<App, BuildError> {
         let (docker, node) = connect(&config, cancel).await?;
         let registry = config.registry(&node)?;
-        App::assemble(config, docker, node, registry, cancel, tracker)
+        App::assemble(config, docker, node, registry, observe, cancel, tracker)
     }
 
     /// Like [`App::build`] with a given registry, built for the node `--node-name` names
@@ -75,35 +78,34 @@ impl App {
     pub async fn with_registry(
         config: Config,
         registry: Registry,
+        observe: Arc<Observer>,
         cancel: &CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<App, BuildError> {
         let (docker, node) = connect(&config, cancel).await?;
-        App::assemble(config, docker, node, registry, cancel, tracker)
+        App::assemble(config, docker, node, registry, observe, cancel, tracker)
     }
 
     /// An agent on the given Docker seam and registry, as node `node` (unit tests use the
     /// scripted engine).
+    #[allow(clippy::too_many_arguments)]
     pub fn assemble(
         config: Config,
         docker: Docker,
         node: String,
         registry: Registry,
+        observe: Arc<Observer>,
         cancel: &CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<App, BuildError> {
         let a = &config.agent;
-        let host_ip: IpAddr = match a.host_ip {
-            Some(ip) => ip,
-            None => {
-                let (ip, how) = hostip::detect();
-                info!(host_ip = %ip, how, "host IP detected (set --host-ip to override)");
-                ip
-            }
-        };
+        let settings = settings(&config, node);
+        if a.host_ip.is_none() {
+            info!(host_ip = %settings.host_ip, how = %settings.host_ip_from, "host IP detected (set --host-ip to override)");
+        }
         info!(
-            node = %node,
-            host_ip = %host_ip,
+            node = %settings.node,
+            host_ip = %settings.host_ip,
             docker = docker.endpoint(),
             registry = %registry.describe(),
             ttl = ?a.ttl,
@@ -112,13 +114,6 @@ impl App {
             explicit = a.explicit,
             "berth configured"
         );
-        let settings = labels::Settings {
-            node,
-            host_ip,
-            internal: a.internal,
-            network: a.network.clone(),
-            explicit: a.explicit,
-        };
         let store = Arc::new(Store::new(config.heartbeat_interval()));
         let (tx, rx) = mpsc::channel(1024);
         let (recheck_tx, recheck_rx) = mpsc::channel(1024);
@@ -132,6 +127,7 @@ impl App {
             probe::Outlets {
                 recheck: recheck_tx,
                 heal: heal_tx.clone(),
+                observe: observe.clone(),
             },
             tracker.clone(),
             cancel.child_token(),
@@ -144,6 +140,7 @@ impl App {
                 settings: Arc::new(settings),
                 prober,
                 heal: heal_tx,
+                observe,
             },
             config,
             triggers: (tx, rx),
@@ -156,6 +153,15 @@ impl App {
     /// The reconcile context, for tests that look at the store.
     pub fn context(&self) -> &Context {
         &self.ctx
+    }
+
+    /// The node, registry and Docker endpoint, for the status output.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            node: self.ctx.settings.node.clone(),
+            registry: self.ctx.registry.describe(),
+            docker: self.ctx.docker.endpoint().to_owned(),
+        }
     }
 
     /// A sender of the reconciler's triggers, as the Docker source has (for tests that
@@ -195,6 +201,7 @@ impl App {
         tracker.spawn(heartbeat::run(
             ctx.registry.clone(),
             ctx.store.clone(),
+            ctx.observe.clone(),
             tx.clone(),
             cancel.clone(),
         ));
@@ -210,12 +217,14 @@ impl App {
             },
             heal,
             on_restart,
+            ctx.observe.clone(),
             cancel.clone(),
         ));
         tracker.spawn(source::run(
             ctx.docker.clone(),
             config.agent.resync,
             resync_now,
+            ctx.observe.clone(),
             tx,
             cancel.clone(),
         ));
@@ -248,9 +257,30 @@ impl Running {
     }
 }
 
+/// The label pipeline's settings for node `node`: `berth run` and `berth explain` both take
+/// them from here, so both decide alike. Detects the host IP unless `--host-ip` is set.
+pub fn settings(config: &Config, node: String) -> labels::Settings {
+    let a = &config.agent;
+    let (host_ip, host_ip_from): (IpAddr, String) = match a.host_ip {
+        Some(ip) => (ip, "--host-ip".to_owned()),
+        None => {
+            let (ip, how) = hostip::detect();
+            (ip, format!("detected: {how}"))
+        }
+    };
+    labels::Settings {
+        node,
+        host_ip,
+        host_ip_from,
+        internal: a.internal,
+        network: a.network.clone(),
+        explicit: a.explicit,
+    }
+}
+
 /// The Docker client `config` names, and the node identity: `--node-name`, or else Docker's
 /// own node name.
-async fn connect(
+pub async fn connect(
     config: &Config,
     cancel: &CancellationToken,
 ) -> Result<(Docker, String), BuildError> {

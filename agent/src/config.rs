@@ -54,6 +54,22 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the instances of a service that berth registered, from every node.
     Lookup(Box<LookupArgs>),
+    /// Print what `berth run` would register for one container, and why (reads Docker only).
+    Explain(Box<ExplainArgs>),
+}
+
+/// `berth explain <container>`: the settings of `berth run`, so they change the answer alike.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Container id, short id or name.
+    pub container: String,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryConfig,
+    #[command(flatten)]
+    pub agent: AgentConfig,
 }
 
 /// The flags of `berth run`: every setting that has one.
@@ -197,6 +213,10 @@ pub struct AgentConfig {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "1h")]
     #[serde(with = "humantime_serde")]
     pub autoheal_window: Duration,
+    /// Address of the admin server (/healthz, /readyz, /metrics, /v1/status, the status
+    /// page); empty disables it.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9797")]
+    pub admin_addr: String,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -247,26 +267,40 @@ pub enum Invocation {
         json: bool,
         config: Box<Config>,
     },
+    Explain {
+        container: String,
+        json: bool,
+        config: Box<Config>,
+    },
 }
 
 /// Reads environment variables. The process environment in production, a map in tests.
 pub trait Env {
-    fn var(&self, key: &str) -> Option<String>;
+    /// The variable's value, or `None` when it is unset or empty.
+    fn var(&self, key: &str) -> Option<String> {
+        self.raw(key).filter(|v| !v.is_empty())
+    }
+    /// The variable's value, empty included.
+    fn raw(&self, key: &str) -> Option<String>;
 }
+
+/// Settings for which an empty value means "off" rather than "unset" (`BERTH_ADMIN_ADDR=`
+/// disables the admin server).
+const EMPTY_MEANS_OFF: &[&str] = &["admin_addr"];
 
 /// The real process environment.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcessEnv;
 
 impl Env for ProcessEnv {
-    fn var(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok().filter(|v| !v.is_empty())
+    fn raw(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
     }
 }
 
 impl Env for HashMap<String, String> {
-    fn var(&self, key: &str) -> Option<String> {
-        self.get(key).cloned().filter(|v| !v.is_empty())
+    fn raw(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
     }
 }
 
@@ -309,6 +343,15 @@ where
             let mut given = given(&args.registry, sub)?;
             given.extend(self::given(&args.agent, sub)?);
             Invocation::Run(Box::new(Config::load(file, &given, env)?))
+        }
+        (Command::Explain(args), Some((_, sub))) => {
+            let mut given = given(&args.registry, sub)?;
+            given.extend(self::given(&args.agent, sub)?);
+            Invocation::Explain {
+                container: args.container,
+                json: args.json,
+                config: Box::new(Config::load(file, &given, env)?),
+            }
         }
         (Command::Lookup(args), Some((_, sub))) => {
             let given = given(&args.registry, sub)?;
@@ -488,7 +531,13 @@ impl Config {
             builder.add_source(config::Environment::default().source(Some(conventional(env))));
         let mut berth = config::Map::new();
         for key in &keys {
-            if let Some(v) = env.var(&format!("BERTH_{}", key.to_ascii_uppercase())) {
+            let var = format!("BERTH_{}", key.to_ascii_uppercase());
+            let value = if EMPTY_MEANS_OFF.contains(key) {
+                env.raw(&var)
+            } else {
+                env.var(&var)
+            };
+            if let Some(v) = value {
                 berth.insert((*key).to_owned(), v);
             }
         }
@@ -570,7 +619,21 @@ impl Config {
         if a.network.as_deref().is_some_and(|n| n.trim().is_empty()) {
             return bad("--network must not be empty".into());
         }
+        self.admin_addr()?;
         Ok(self)
+    }
+
+    /// The admin server's address, or `None` when `--admin-addr` is empty (disabled).
+    pub fn admin_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let addr = self.agent.admin_addr.trim();
+        if addr.is_empty() {
+            return Ok(None);
+        }
+        addr.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "--admin-addr {addr:?} is not HOST:PORT with an IP address (e.g. 127.0.0.1:9797, [::]:9797); leave it empty to disable the admin server"
+            ))
+        })
     }
 
     /// How often each instance is heartbeated: a third of the TTL.

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::docker::Docker;
+use crate::observe::Observer;
 
 /// Told of every restart that succeeded: the container id and a one-line note saying why,
 /// for the health output (`app` wires it to the prober).
@@ -113,6 +114,7 @@ pub async fn run(
     options: Options,
     mut requests: mpsc::Receiver<Request>,
     on_restart: OnRestart,
+    observe: Arc<Observer>,
     cancel: CancellationToken,
 ) {
     let mut limits = Limits::default();
@@ -140,16 +142,21 @@ pub async fn run(
             Decision::Cooldown => {
                 debug!(container.name = %req.name, "autoheal: in cooldown; not restarting yet");
             }
-            Decision::Limit { first: true } => warn!(
-                container.name = %req.name,
-                container.id = %short,
-                max_restarts = options.max_restarts,
-                window = %window,
-                "autoheal restart limit reached; not restarting until the window moves on"
-            ),
-            Decision::Limit { first: false } => {}
+            Decision::Limit { first } => {
+                observe.metrics.autoheal_refused.inc();
+                if first {
+                    warn!(
+                        container.name = %req.name,
+                        container.id = %short,
+                        max_restarts = options.max_restarts,
+                        window = %window,
+                        "autoheal restart limit reached; not restarting until the window moves on"
+                    )
+                }
+            }
             Decision::Restart { n } => {
                 total += 1;
+                observe.metrics.autoheal_restarts.inc();
                 warn!(
                     container.name = %req.name,
                     container.id = %short,

@@ -1,12 +1,15 @@
-//! `berth`: configuration (one line, exit 64 on error) → telemetry → build → spawn → signal →
-//! drain.
+//! `berth`: configuration (one line, exit 64 on error) → telemetry → admin server (a port
+//! in use is exit 64 too) → build → spawn → signal → drain.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use berth::admin::{self, Admin};
 use berth::app::App;
 use berth::config::{Config, Invocation, ParseError, ProcessEnv};
+use berth::observe::Observer;
 use berth::telemetry::chain;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,6 +53,11 @@ fn main() -> ExitCode {
             json,
             config,
         } => return lookup(&config, &service, passing, json),
+        Invocation::Explain {
+            container,
+            json,
+            config,
+        } => return explain(&config, &container, json),
     };
     berth::telemetry::init(config.agent.log_format);
 
@@ -65,10 +73,71 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failed::Config(line)) => {
+            error!(error = %line, "berth cannot start");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failed::Other(e)) => {
             error!(error = %format!("{e:#}"), "berth failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// How `run` failed: a configuration problem (exit 64), or anything else (exit 1).
+enum Failed {
+    Config(String),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failed {
+    fn from(e: anyhow::Error) -> Failed {
+        Failed::Other(e)
+    }
+}
+
+/// Prints the output of a one-shot command to stdout; false when stdout is gone.
+fn print(out: &str) -> bool {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+        .is_ok()
+}
+
+/// `berth explain`: one inspect, printed; exit 1 with one line when it fails.
+fn explain(config: &Config, container: &str, json: bool) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+        .and_then(|rt| {
+            let e = rt.block_on(berth::explain::explain(config, container));
+            e.map_err(|e| anyhow::anyhow!(chain(&e)))
+        });
+    let explanation = match result {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let out = if json {
+        match serde_json::to_string_pretty(&explanation) {
+            Ok(s) => s + "\n",
+            Err(e) => {
+                eprintln!("berth: cannot encode the explanation: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        berth::explain::render(&explanation)
+    };
+    if print(&out) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -93,44 +162,63 @@ fn lookup(config: &Config, service: &str, passing: bool, json: bool) -> ExitCode
     if rows.is_empty() && !json {
         eprintln!("berth: no instances of {service}");
     }
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    let out = berth::lookup::render(&rows, json);
-    if stdout
-        .write_all(out.as_bytes())
-        .and_then(|()| stdout.flush())
-        .is_err()
-    {
-        return ExitCode::FAILURE;
+    if print(&berth::lookup::render(&rows, json)) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
-    ExitCode::SUCCESS
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config) -> Result<(), Failed> {
     // rs-consul and reqwest share rustls; both need one process-wide provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     info!(version = env!("CARGO_PKG_VERSION"), "berth starting");
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let observe = Arc::new(Observer::new(config.agent.ttl));
+    let admin = Admin::new(observe.clone());
+    // Bound before anything else, so a port in use fails the start at once; served while
+    // the agent is built, so liveness answers while berth waits for Docker.
+    let addr = config.admin_addr().map_err(|e| Failed::Config(chain(&e)))?;
+    // Not on the tracker: `running.ended()` must still see the agent's own tasks end.
+    let mut server = None;
+    if let Some(addr) = addr {
+        let listener = admin::bind(addr)
+            .await
+            .map_err(|e| Failed::Config(chain(&e)))?;
+        server = Some(tokio::spawn(admin::serve(
+            listener,
+            admin.clone(),
+            cancel.clone(),
+        )));
+    }
     let signals = tokio::spawn(shutdown_signal(cancel.clone()));
 
-    let app = match App::build(config, &cancel, &tracker).await {
+    let app = match App::build(config, observe, &cancel, &tracker).await {
         Err(berth::app::BuildError::Cancelled) => return Ok(()),
         built => built
             .map_err(|e| anyhow::anyhow!(chain(&e)))
             .context("cannot start")?,
     };
+    admin.attach(app.identity(), app.context().store.clone());
     let running = app.spawn(cancel.clone());
 
     tokio::select! {
         _ = cancel.cancelled() => {}
-        _ = running.ended() => warn!("all tasks ended unexpectedly"),
+        _ = running.ended() => {
+            admin.tasks_ended();
+            warn!("all tasks ended unexpectedly");
+        }
     }
     signals.abort();
     info!("shutting down; finishing in-flight writes");
     if !running.stop(DRAIN_TIMEOUT).await {
         warn!(timeout = ?DRAIN_TIMEOUT, "drain timed out");
+    }
+    if let Some(server) = server {
+        // Open connections get a moment to finish; the server stops taking new ones at once.
+        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     }
     info!("berth stopped");
     Ok(())

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::docker::{Docker, DockerError};
+use crate::observe::Observer;
 use crate::reconcile::Trigger;
 
 /// Watches Docker until `cancel` fires. Never returns early: every failure is logged in one
@@ -24,14 +25,17 @@ pub async fn run(
     mut docker: Docker,
     resync: Duration,
     resync_now: Arc<Notify>,
+    observe: Arc<Observer>,
     tx: mpsc::Sender<Trigger>,
     cancel: CancellationToken,
 ) {
     let mut failures = 0;
     loop {
-        match watch_once(&mut docker, resync, &resync_now, &tx, &cancel).await {
+        let watch = watch_once(&mut docker, resync, &resync_now, &observe, &tx, &cancel);
+        match watch.await {
             Ok(()) => return, // cancelled, or nobody listens any more
             Err(ended) => {
+                observe.ready.docker_down(&ended.reason);
                 // A stream that worked before it broke is a new outage: start small.
                 failures = if ended.healthy { 1 } else { failures + 1 };
                 let delay = Backoff::RECONNECT.delay(failures, &mut rand::rng());
@@ -81,6 +85,7 @@ async fn watch_once(
     docker: &mut Docker,
     resync: Duration,
     resync_now: &Notify,
+    observe: &Observer,
     tx: &mpsc::Sender<Trigger>,
     cancel: &CancellationToken,
 ) -> Result<(), Ended> {
@@ -88,6 +93,8 @@ async fn watch_once(
     // Take `since` before listing, so events during the list are replayed, not lost.
     let since = unix_now() - 1;
     let ids = docker.list_ids().await.map_err(Ended::by(false))?;
+    observe.ready.docker_up();
+    observe.metrics.docker_connects.inc();
     info!(
         containers = ids.len(),
         "docker connected; applying snapshot"
@@ -117,9 +124,12 @@ async fn watch_once(
             ev = events.next() => match ev {
                 Some(Ok(ev)) => {
                     healthy = true;
+                    observe.metrics.docker_event(ev.as_ref().map(|e| e.action.as_str()));
                     if let Some(ev) = ev {
                         debug!(container = %ev.container, action = %ev.action, "docker event");
-                        if tx.send(Trigger::Container(ev.container)).await.is_err() {
+                        let at = tokio::time::Instant::now();
+                        let trigger = Trigger::Event { container: ev.container, at };
+                        if tx.send(trigger).await.is_err() {
                             return Ok(());
                         }
                     }

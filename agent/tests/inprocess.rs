@@ -50,6 +50,7 @@ async fn start(node: &str, memory: &MemoryRegistry, resync: &str) -> Running {
     let app = App::with_registry(
         config(node, resync),
         Registry::Memory(memory.clone()),
+        std::sync::Arc::new(berth::observe::Observer::new(Duration::from_secs(15))),
         &cancel,
         &TaskTracker::new(),
     )

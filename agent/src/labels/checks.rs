@@ -71,6 +71,17 @@ pub enum ProbeKind {
     Grpc { target: Target, service: String },
 }
 
+impl ProbeKind {
+    /// `http`, `tcp` or `grpc`: the `kind` label of the probe metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProbeKind::Http { .. } => "http",
+            ProbeKind::Tcp(_) => "tcp",
+            ProbeKind::Grpc { .. } => "grpc",
+        }
+    }
+}
+
 /// One check of one instance.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CheckSpec {
@@ -237,9 +248,10 @@ fn parse(keys: &BTreeMap<String, Raw>, dial: &Dial, notes: &mut Notes) -> Probes
         }
     } else if named.is_empty() {
         for raw in default.values() {
-            notes.warn(format!(
-                "{raw}: no check kind is set (http, https, tcp or grpc); ignored"
-            ));
+            notes.warn_at(
+                raw,
+                "no check kind is set (http, https, tcp or grpc); ignored",
+            );
         }
     }
     for (name, fields) in &named {
@@ -283,42 +295,44 @@ fn group(keys: &BTreeMap<String, Raw>, notes: &mut Notes) -> (Fields, BTreeMap<S
                 None if known_field(rest) => {
                     native.insert(rest.to_owned(), raw.clone());
                 }
-                None => notes.warn(format!(
-                    "{raw}: unknown check field {}; ignored",
-                    quote(rest)
-                )),
+                None => notes.warn_at(raw, format!("unknown check field {}; ignored", quote(rest))),
                 Some((name, field)) if sanitize::key_name(name) && known_field(field) => {
                     named
                         .entry(name.to_owned())
                         .or_default()
                         .insert(field.to_owned(), raw.clone());
                 }
-                Some((name, _)) if !sanitize::key_name(name) => notes.warn(format!(
-                    "{raw}: check name {} must be letters, digits, - or _; ignored",
-                    quote(name)
-                )),
-                Some((_, field)) => notes.warn(format!(
-                    "{raw}: unknown check field {}; ignored",
-                    quote(field)
-                )),
+                Some((name, _)) if !sanitize::key_name(name) => notes.warn_at(
+                    raw,
+                    format!(
+                        "check name {} must be letters, digits, - or _; ignored",
+                        quote(name)
+                    ),
+                ),
+                Some((_, field)) => notes.warn_at(
+                    raw,
+                    format!("unknown check field {}; ignored", quote(field)),
+                ),
             }
         } else if key == "check_ttl" {
-            notes.info(format!(
-                "{raw}: berth always keeps a TTL heartbeat on every instance; ignored"
-            ));
+            notes.info_at(
+                raw,
+                "berth always keeps a TTL heartbeat on every instance; ignored",
+            );
         } else if let Some((_, field)) = REGISTRATOR_FIELDS.iter().find(|(k, _)| k == key) {
             registrator.insert((*field).to_owned(), raw.clone());
         } else {
-            notes.warn(format!(
-                "{raw}: not a supported check key (see docs/labels.md); ignored"
-            ));
+            notes.warn_at(
+                raw,
+                "not a supported check key (see docs/labels.md); ignored",
+            );
         }
     }
     // berth's own kind replaces registrator's rather than competing with it.
     if KINDS.iter().any(|k| native.contains_key(*k)) {
         for kind in KINDS {
             if let Some(raw) = registrator.remove(kind) {
-                notes.info(format!("{raw}: replaced by the berth.check.* check"));
+                notes.info_at(&raw, "replaced by the berth.check.* check");
             }
         }
     }
@@ -373,9 +387,10 @@ fn chosen_kind<'a>(
     };
     for other in &present[1..] {
         if let Some(raw) = f.get(*other) {
-            notes.warn(format!(
-                "{raw}: a check has one kind and {kind} takes precedence; ignored"
-            ));
+            notes.warn_at(
+                raw,
+                format!("a check has one kind and {kind} takes precedence; ignored"),
+            );
         }
     }
     Some((kind, f.get(kind)?))
@@ -390,7 +405,7 @@ fn target_port(f: &Fields, notes: &mut Notes) -> Option<Option<u16>> {
     match p.value.trim().parse::<u16>() {
         Ok(n) if n != 0 => Some(Some(n)),
         _ => {
-            notes.warn(format!("{p}: not a port number; the check is not run"));
+            notes.warn_at(p, "not a port number; the check is not run");
             None
         }
     }
@@ -410,7 +425,7 @@ fn http(
         (v, _) => v.to_owned(),
     };
     if path.eq_ignore_ascii_case("false") {
-        notes.info(format!("{raw}: check disabled"));
+        notes.info_at(raw, "check disabled");
         return None;
     }
     let path = if path.starts_with('/') {
@@ -423,7 +438,7 @@ fn http(
         Some(m) => {
             let v = m.value.trim().to_ascii_uppercase();
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphabetic()) {
-                notes.warn(format!("{m}: not an HTTP method; using GET"));
+                notes.warn_at(m, "not an HTTP method; using GET");
                 "GET".to_owned()
             } else {
                 v
@@ -443,7 +458,7 @@ fn http(
 /// A TCP connect check; `false` disables it.
 fn tcp(raw: &Raw, target: Target, notes: &mut Notes) -> Option<ProbeKind> {
     if sanitize::parse_bool(&raw.value) == Some(false) {
-        notes.info(format!("{raw}: check disabled"));
+        notes.info_at(raw, "check disabled");
         return None;
     }
     Some(ProbeKind::Tcp(target))
@@ -453,7 +468,7 @@ fn tcp(raw: &Raw, target: Target, notes: &mut Notes) -> Option<ProbeKind> {
 fn grpc(raw: &Raw, target: Target, notes: &mut Notes) -> Option<ProbeKind> {
     let v = raw.value.trim();
     if v.eq_ignore_ascii_case("false") {
-        notes.info(format!("{raw}: check disabled"));
+        notes.info_at(raw, "check disabled");
         return None;
     }
     let service = if v.is_empty() || v.eq_ignore_ascii_case("true") {
@@ -473,7 +488,7 @@ fn timing(f: &Fields, notes: &mut Notes) -> (Duration, Duration) {
         .unwrap_or(DEFAULT_INTERVAL);
     if interval < MIN_INTERVAL {
         if let Some(r) = f.get("interval") {
-            notes.warn(format!("{r}: below the 1s minimum; using 1s"));
+            notes.warn_at(r, "below the 1s minimum; using 1s");
         }
         interval = MIN_INTERVAL;
     }
@@ -481,7 +496,7 @@ fn timing(f: &Fields, notes: &mut Notes) -> (Duration, Duration) {
         None => DEFAULT_TIMEOUT,
         Some(r) => match duration(r, notes) {
             Some(d) if d.is_zero() => {
-                notes.warn(format!("{r}: a timeout must be positive; using 5s"));
+                notes.warn_at(r, "a timeout must be positive; using 5s");
                 DEFAULT_TIMEOUT
             }
             Some(d) => d,
@@ -490,7 +505,7 @@ fn timing(f: &Fields, notes: &mut Notes) -> (Duration, Duration) {
     };
     if timeout > interval {
         if let Some(r) = f.get("timeout") {
-            notes.info(format!("{r}: longer than the interval; capped at it"));
+            notes.info_at(r, "longer than the interval; capped at it");
         }
         timeout = interval;
     }
@@ -507,9 +522,10 @@ fn initial_status(f: &Fields, notes: &mut Notes) -> Status {
         "warning" => Status::Warning,
         "critical" => Status::Critical,
         _ => {
-            notes.warn(format!(
-                "{r}: not a status (passing, warning or critical); using critical"
-            ));
+            notes.warn_at(
+                r,
+                "not a status (passing, warning or critical); using critical",
+            );
             Status::Critical
         }
     }
@@ -528,9 +544,10 @@ fn duration(raw: &Raw, notes: &mut Notes) -> Option<Duration> {
     match humantime::parse_duration(raw.value.trim()) {
         Ok(d) => Some(d),
         Err(_) => {
-            notes.warn(format!(
-                "{raw}: not a duration (use e.g. 10s or 1m); using the default"
-            ));
+            notes.warn_at(
+                raw,
+                "not a duration (use e.g. 10s or 1m); using the default",
+            );
             None
         }
     }
@@ -540,9 +557,10 @@ fn threshold(raw: &Raw, notes: &mut Notes) -> Option<u32> {
     match raw.value.trim().parse::<u32>() {
         Ok(n) if (1..=MAX_THRESHOLD).contains(&n) => Some(n),
         _ => {
-            notes.warn(format!(
-                "{raw}: not a count from 1 to {MAX_THRESHOLD}; using 1"
-            ));
+            notes.warn_at(
+                raw,
+                format!("not a count from 1 to {MAX_THRESHOLD}; using 1"),
+            );
             None
         }
     }

@@ -17,6 +17,8 @@ use crate::docker::view::{ContainerView, DockerHealth, Proto};
 #[derive(Debug)]
 pub(super) struct Planned {
     pub instance: Instance,
+    /// The rule that chose the address.
+    pub address_rule: String,
     pub proto: Proto,
     pub checks: CheckLabels,
     pub probes: Probes,
@@ -62,6 +64,7 @@ pub(super) fn from_specs(
                     origin: origin.clone(),
                     health: health.clone(),
                 },
+                address_rule: endpoint.rule,
                 proto: spec.pp.proto,
                 checks: checks.clone(),
                 probes,

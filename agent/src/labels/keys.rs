@@ -93,7 +93,7 @@ impl fmt::Display for Raw {
 fn put(slot: &mut Option<Raw>, raw: Raw, notes: &mut Notes) {
     match slot {
         Some(old) if old.source == raw.source => {
-            notes.warn(format!("{raw}: same key as {}; ignored", old.key));
+            notes.warn_at(&raw, format!("same key as {}; ignored", old.key));
         }
         _ => *slot = Some(raw),
     }
@@ -111,28 +111,33 @@ fn put_keyed(map: &mut BTreeMap<String, Raw>, key: String, raw: Raw, notes: &mut
 /// Adds a user meta entry, sanitising key and value for Consul.
 fn put_meta(map: &mut BTreeMap<String, Raw>, key: &str, mut raw: Raw, notes: &mut Notes) {
     if key.is_empty() {
-        notes.warn(format!("{raw}: empty meta key; ignored"));
+        notes.warn_at(&raw, "empty meta key; ignored");
         return;
     }
     let (clean, truncated) = sanitize::meta_key(key);
     if truncated {
-        notes.warn(format!(
-            "{raw}: meta key longer than {} characters; truncated",
-            MAX_META_KEY_LEN
-        ));
+        notes.warn_at(
+            &raw,
+            format!(
+                "meta key longer than {} characters; truncated",
+                MAX_META_KEY_LEN
+            ),
+        );
     } else if clean != key.to_ascii_lowercase() {
-        notes.info(format!("{raw}: meta key sanitized to {}", quote(&clean)));
+        notes.info_at(&raw, format!("meta key sanitized to {}", quote(&clean)));
     }
     if RESERVED_META_PREFIXES.iter().any(|p| clean.starts_with(p)) {
-        notes.warn(format!(
-            "{raw}: meta keys starting with berth- or consul- are reserved; dropped"
-        ));
+        notes.warn_at(
+            &raw,
+            "meta keys starting with berth- or consul- are reserved; dropped",
+        );
         return;
     }
     if raw.value.len() > MAX_META_VALUE_LEN {
-        notes.warn(format!(
-            "{raw}: meta value longer than {MAX_META_VALUE_LEN} bytes; truncated"
-        ));
+        notes.warn_at(
+            &raw,
+            format!("meta value longer than {MAX_META_VALUE_LEN} bytes; truncated"),
+        );
         raw.value = sanitize::truncate(&raw.value, MAX_META_VALUE_LEN).to_owned();
     }
     put_keyed(map, clean, raw, notes);
@@ -169,10 +174,11 @@ impl Fields {
             "ignore" => put(&mut self.ignore, raw, notes),
             _ if field.starts_with("check_") && field.len() > "check_".len() => {
                 if COMMAND_CHECKS.contains(&field) {
-                    notes.warn(format!(
-                        "{raw}: command checks are not supported (berth never runs commands \
-                         from labels); dropped"
-                    ));
+                    notes.warn_at(
+                        &raw,
+                        "command checks are not supported (berth never runs commands \
+                         from labels); dropped",
+                    );
                 } else {
                     put_keyed(&mut self.checks, field.to_owned(), raw, notes);
                 }
@@ -226,7 +232,7 @@ impl Registrator {
     fn add(&mut self, raw: Raw, notes: &mut Notes) {
         let rest = raw.key[SERVICE_PREFIX.len()..].to_lowercase();
         if rest.is_empty() {
-            notes.warn(format!("{raw}: no key after SERVICE_; ignored"));
+            notes.warn_at(&raw, "no key after SERVICE_; ignored");
             return;
         }
         let (first, after) = match rest.split_once('_') {
@@ -238,13 +244,14 @@ impl Registrator {
             return;
         }
         let Some(after) = after.filter(|a| !a.is_empty()) else {
-            notes.warn(format!(
-                "{raw}: a port without a key (expected e.g. SERVICE_{first}_NAME); ignored"
-            ));
+            notes.warn_at(
+                &raw,
+                format!("a port without a key (expected e.g. SERVICE_{first}_NAME); ignored"),
+            );
             return;
         };
         let Some(port) = first.parse::<u16>().ok().filter(|p| *p != 0) else {
-            notes.warn(format!("{raw}: {first} is not a port number; ignored"));
+            notes.warn_at(&raw, format!("{first} is not a port number; ignored"));
             return;
         };
         let (proto, field) = match after.split_once('_') {
@@ -256,10 +263,13 @@ impl Registrator {
         };
         match proto {
             Some(_) if field.is_empty() => {
-                notes.warn(format!(
-                    "{raw}: a protocol without a key (expected e.g. SERVICE_{port}_UDP_NAME); \
+                notes.warn_at(
+                    &raw,
+                    format!(
+                        "a protocol without a key (expected e.g. SERVICE_{port}_UDP_NAME); \
                      ignored"
-                ));
+                    ),
+                );
             }
             Some(proto) => self
                 .proto
@@ -267,10 +277,13 @@ impl Registrator {
                 .or_default()
                 .add(field, raw, notes),
             None if after.parse::<Proto>().is_ok() => {
-                notes.warn(format!(
-                    "{raw}: a protocol without a key (expected e.g. SERVICE_{port}_UDP_NAME); \
+                notes.warn_at(
+                    &raw,
+                    format!(
+                        "a protocol without a key (expected e.g. SERVICE_{port}_UDP_NAME); \
                      ignored"
-                ));
+                    ),
+                );
             }
             None => self.port.entry(port).or_default().add(field, raw, notes),
         }
@@ -377,7 +390,7 @@ pub(super) fn overlay(base: &mut BTreeMap<String, Raw>, over: &BTreeMap<String, 
 pub(super) fn boolean(raw: &Raw, notes: &mut Notes) -> Option<bool> {
     let parsed = sanitize::parse_bool(&raw.value);
     if parsed.is_none() {
-        notes.warn(format!("{raw}: not a boolean (use true/false); ignored"));
+        notes.warn_at(raw, "not a boolean (use true/false); ignored");
     }
     parsed
 }
@@ -437,7 +450,7 @@ impl Native {
                 "port" => n.ports = port_list(raw, notes),
                 "address" => match sanitize::address(raw.value.trim()) {
                     Ok(address) => n.address = Some((address, raw)),
-                    Err(why) => notes.warn(format!("{raw}: {why}; override ignored")),
+                    Err(why) => notes.warn_at(&raw, format!("{why}; override ignored")),
                 },
                 _ => {
                     if let Some(k) = rest.strip_prefix("meta.") {
@@ -461,10 +474,13 @@ impl Native {
             return;
         };
         if !sanitize::key_name(svc) {
-            notes.warn(format!(
-                "{raw}: service key {} must be letters, digits, - or _; ignored",
-                quote(svc)
-            ));
+            notes.warn_at(
+                &raw,
+                format!(
+                    "service key {} must be letters, digits, - or _; ignored",
+                    quote(svc)
+                ),
+            );
             return;
         }
         let known = matches!(field, "port" | "name" | "id" | "tags")
@@ -494,14 +510,12 @@ impl Native {
 }
 
 fn unknown(raw: &Raw, notes: &mut Notes) {
-    notes.warn(format!(
-        "{raw}: unknown berth label (see docs/labels.md); ignored"
-    ));
+    notes.warn_at(raw, "unknown berth label (see docs/labels.md); ignored");
 }
 
 fn non_empty(raw: Raw, notes: &mut Notes) -> Option<Raw> {
     if raw.value.trim().is_empty() {
-        notes.warn(format!("{raw}: empty value; ignored"));
+        notes.warn_at(&raw, "empty value; ignored");
         return None;
     }
     Some(raw)
@@ -510,15 +524,16 @@ fn non_empty(raw: Raw, notes: &mut Notes) -> Option<Raw> {
 /// `berth.check.<k>` → `check.<k>`, kept raw for the health-probe work.
 fn put_check(map: &mut BTreeMap<String, Raw>, k: &str, raw: Raw, notes: &mut Notes) {
     if k.is_empty() {
-        notes.warn(format!("{raw}: empty check key; ignored"));
+        notes.warn_at(&raw, "empty check key; ignored");
         return;
     }
     let key = format!("check.{}", k.to_lowercase());
     if NATIVE_COMMAND_CHECKS.contains(&key.as_str()) {
-        notes.warn(format!(
-            "{raw}: command checks are not supported (berth never runs commands from labels); \
-             dropped"
-        ));
+        notes.warn_at(
+            &raw,
+            "command checks are not supported (berth never runs commands from labels); \
+             dropped",
+        );
         return;
     }
     put_keyed(map, key, raw, notes);
@@ -537,14 +552,17 @@ fn port_list(raw: Raw, notes: &mut Notes) -> Option<PortList> {
         match item.parse::<PortProto>() {
             Ok(pp) if !ports.contains(&pp) => ports.push(pp),
             Ok(_) => {}
-            Err(()) => notes.warn(format!(
-                "{raw}: {} is not a port (use 80 or 53/udp); entry ignored",
-                quote(item)
-            )),
+            Err(()) => notes.warn_at(
+                &raw,
+                format!(
+                    "{} is not a port (use 80 or 53/udp); entry ignored",
+                    quote(item)
+                ),
+            ),
         }
     }
     if ports.is_empty() {
-        notes.warn(format!("{raw}: no valid port; label ignored"));
+        notes.warn_at(&raw, "no valid port; label ignored");
         return None;
     }
     Some(PortList { ports, raw })

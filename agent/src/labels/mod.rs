@@ -35,7 +35,7 @@ pub use checks::{CheckSpec, ProbeKind, Probes, Target};
 use instances::Planned;
 use keys::{Keys, Raw, boolean};
 use notes::Notes;
-pub use notes::{Level, Note};
+pub use notes::{Key, Level, Note};
 
 /// Agent-wide settings that shape what a container registers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +44,8 @@ pub struct Settings {
     pub node: String,
     /// Address for published ports whose binding has no specific host IP.
     pub host_ip: IpAddr,
+    /// Where `host_ip` came from (`--host-ip`, or how it was detected), for `berth explain`.
+    pub host_ip_from: String,
     /// `--internal`: register container IP and container port.
     pub internal: bool,
     /// `--network`: network to take the container IP from in internal mode.
@@ -67,7 +69,58 @@ pub struct Outcome {
     pub probes: BTreeMap<String, Probes>,
     /// `berth.autoheal=true` or `autoheal=true`: restart the container when it fails.
     pub autoheal: bool,
+    /// Why each instance has its address (the rule that chose it), per instance id.
+    pub addresses: BTreeMap<String, String>,
+    /// Why the container registers nothing, when it does not.
+    pub skipped: Option<Skip>,
     pub notes: Vec<Note>,
+}
+
+/// Why a container registers nothing. The code is the `reason` label of
+/// `berth_containers_skipped`; the notes say the details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Skip {
+    NotRunning,
+    Paused,
+    /// `berth.enable=false`.
+    OptedOut,
+    /// `SERVICE_IGNORE`.
+    Ignored,
+    /// `--explicit` and no service-name label.
+    Explicit,
+    /// Nothing published (or exposed, in internal and host-network modes).
+    NoPorts,
+    /// `--internal` and no network to take an address from.
+    NoNetwork,
+    /// It has ports, but its labels left no instance (every one refused).
+    InvalidLabels,
+}
+
+impl Skip {
+    pub const ALL: [Skip; 8] = [
+        Skip::NotRunning,
+        Skip::Paused,
+        Skip::OptedOut,
+        Skip::Ignored,
+        Skip::Explicit,
+        Skip::NoPorts,
+        Skip::NoNetwork,
+        Skip::InvalidLabels,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Skip::NotRunning => "not_running",
+            Skip::Paused => "paused",
+            Skip::OptedOut => "opted_out",
+            Skip::Ignored => "ignored",
+            Skip::Explicit => "explicit",
+            Skip::NoPorts => "no_ports",
+            Skip::NoNetwork => "no_network",
+            Skip::InvalidLabels => "invalid_labels",
+        }
+    }
 }
 
 /// Decides what `view` registers.
@@ -77,12 +130,28 @@ pub struct Outcome {
 /// has a note.
 pub fn plan_container(view: &ContainerView, settings: &Settings) -> Outcome {
     let mut notes = Notes::default();
-    let (planned, autoheal) = plan(view, settings, &mut notes).unwrap_or_default();
+    let (planned, autoheal, skipped) = match plan(view, settings, &mut notes) {
+        Ok((planned, autoheal)) => {
+            let skipped = planned.is_empty().then(|| {
+                if notes.0.iter().any(|n| n.level == Level::Warn) {
+                    Skip::InvalidLabels
+                } else {
+                    Skip::NoPorts
+                }
+            });
+            (planned, autoheal, skipped)
+        }
+        Err(skip) => (Vec::new(), false, Some(skip)),
+    };
     let mut outcome = Outcome {
         autoheal,
+        skipped,
         ..Outcome::default()
     };
     for p in planned {
+        outcome
+            .addresses
+            .insert(p.instance.id.clone(), p.address_rule.clone());
         if !p.checks.is_empty() {
             outcome.checks.insert(p.instance.id.clone(), p.checks);
         }
@@ -95,19 +164,20 @@ pub fn plan_container(view: &ContainerView, settings: &Settings) -> Outcome {
     outcome
 }
 
-/// The instances of `view` and whether it asked for self-healing.
+/// The instances of `view` and whether it asked for self-healing, or why it registers
+/// nothing.
 fn plan(
     view: &ContainerView,
     settings: &Settings,
     notes: &mut Notes,
-) -> Option<(Vec<Planned>, bool)> {
+) -> Result<(Vec<Planned>, bool), Skip> {
     if !view.running {
         notes.info("container is not running");
-        return None;
+        return Err(Skip::NotRunning);
     }
     if view.paused {
         notes.info("container is paused");
-        return None;
+        return Err(Skip::Paused);
     }
     // Problems in the keys of a container that does not register are noise: keep them
     // apart until the gate has let the container through.
@@ -115,11 +185,11 @@ fn plan(
     let keys = keys::read(view, &mut read_notes);
     let opted_in = gate(settings, &keys, notes)?;
     notes.extend(read_notes);
-    let ports = ports::choose(view, settings, &keys, notes)?;
+    let ports = ports::choose(view, settings, &keys, notes).ok_or(Skip::NoNetwork)?;
     let specs = specs::build(view, settings, &keys, ports, opted_in, notes);
     let autoheal = autoheal(view, &keys, notes);
     let checked = checks::attach(view, settings, &keys, specs, notes);
-    Some((
+    Ok((
         instances::from_specs(view, settings, checked, notes),
         autoheal,
     ))
@@ -139,27 +209,27 @@ fn autoheal(view: &ContainerView, keys: &Keys, notes: &mut Notes) -> bool {
         .unwrap_or(false)
 }
 
-/// Container-level decisions. `None`: nothing registers. `Some(opted_in)`: go on, and
+/// Container-level decisions. `Err`: nothing registers. `Ok(opted_in)`: go on, and
 /// whether the container as a whole satisfies explicit mode.
-fn gate(settings: &Settings, keys: &Keys, notes: &mut Notes) -> Option<bool> {
+fn gate(settings: &Settings, keys: &Keys, notes: &mut Notes) -> Result<bool, Skip> {
     let Keys { reg, native } = keys;
     let enable = native
         .enable
         .as_ref()
         .and_then(|raw| Some((boolean(raw, notes)?, raw)));
     if let Some((false, raw)) = enable {
-        notes.info(format!("{raw}: container opted out"));
-        return None;
+        notes.info_at(raw, "container opted out");
+        return Err(Skip::OptedOut);
     }
     let enabled = enable.is_some();
     if let Some(raw) = &reg.container.ignore
         && boolean(raw, notes) == Some(true)
     {
         if !enabled {
-            notes.info(format!("{raw}: container ignored"));
-            return None;
+            notes.info_at(raw, "container ignored");
+            return Err(Skip::Ignored);
         }
-        notes.info(format!("{raw}: overridden by label berth.enable=true"));
+        notes.info_at(raw, "overridden by label berth.enable=true");
     }
     let opted_in = enabled
         || native.name.is_some()
@@ -178,8 +248,8 @@ fn gate(settings: &Settings, keys: &Keys, notes: &mut Notes) -> Option<bool> {
             .any(|f| f.name.as_ref().and_then(Raw::non_empty).is_some());
         if !port_named {
             notes.info("explicit mode: no service-name label");
-            return None;
+            return Err(Skip::Explicit);
         }
     }
-    Some(opted_in)
+    Ok(opted_in)
 }

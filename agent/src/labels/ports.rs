@@ -20,6 +20,8 @@ use super::notes::Notes;
 pub(super) struct Endpoint {
     pub address: String,
     pub port: u16,
+    /// The rule that chose the address, for `berth explain`.
+    pub rule: String,
 }
 
 /// Registrable container ports, each with its endpoints (sorted, no repeats, never empty).
@@ -45,7 +47,11 @@ pub(super) fn choose(
 ) -> Option<Ports> {
     let known = known(view);
     warn_unknown_port_keys(&keys.reg, &known, notes);
-    let address = keys.native.address.as_ref().map(|(a, _)| a.as_str());
+    let address = keys
+        .native
+        .address
+        .as_ref()
+        .map(|(a, raw)| (a.as_str(), format!("{raw}")));
     let candidates = candidates(view, settings, address, keys.native.network.as_ref(), notes)?;
     Some(Ports { candidates, known })
 }
@@ -55,14 +61,14 @@ fn warn_unknown_port_keys(reg: &Registrator, known: &BTreeSet<PortProto>, notes:
     for (port, fields) in &reg.port {
         if !known.iter().any(|pp| pp.port == *port) {
             for raw in fields.raws() {
-                notes.warn(format!("{raw}: the container has no port {port}; ignored"));
+                notes.warn_at(raw, format!("the container has no port {port}; ignored"));
             }
         }
     }
     for (pp, fields) in &reg.proto {
         if !known.contains(pp) {
             for raw in fields.raws() {
-                notes.warn(format!("{raw}: the container has no port {pp}; ignored"));
+                notes.warn_at(raw, format!("the container has no port {pp}; ignored"));
             }
         }
     }
@@ -82,22 +88,36 @@ fn known(view: &ContainerView) -> BTreeSet<PortProto> {
 fn candidates(
     view: &ContainerView,
     settings: &Settings,
-    address: Option<&str>,
+    address_label: Option<(&str, String)>,
     network: Option<&Raw>,
     notes: &mut Notes,
 ) -> Option<Candidates> {
     let mut out = Candidates::new();
-    let at = |address: &str, port: u16| {
+    let at = |(address, rule): &(String, String), port: u16| {
         vec![Endpoint {
-            address: address.to_owned(),
+            address: address.clone(),
             port,
+            rule: rule.clone(),
         }]
     };
+    let host_ip = || {
+        (
+            settings.host_ip.to_string(),
+            format!("host IP ({})", settings.host_ip_from),
+        )
+    };
+    let label = address_label
+        .as_ref()
+        .map(|(a, raw)| ((*a).to_owned(), format!("override {raw}")));
+    let address = address_label.as_ref().map(|(a, _)| *a);
 
     if view.host_network() {
-        let address = address.map_or_else(|| settings.host_ip.to_string(), str::to_owned);
+        let chosen = label.clone().unwrap_or_else(|| {
+            let (ip, rule) = host_ip();
+            (ip, format!("host network: {rule}"))
+        });
         for pp in &view.exposed {
-            out.insert(*pp, at(&address, pp.port));
+            out.insert(*pp, at(&chosen, pp.port));
         }
         if out.is_empty() {
             notes.info("host network: no exposed ports (EXPOSE in the image or --expose)");
@@ -106,12 +126,15 @@ fn candidates(
     }
 
     if settings.internal {
-        let address = match address {
-            Some(a) => a.to_owned(),
-            None => choose_network(view, settings, network, notes)?.to_string(),
+        let chosen = match label.clone() {
+            Some(chosen) => chosen,
+            None => {
+                let (ip, rule) = choose_network(view, settings, network, notes)?;
+                (ip.to_string(), rule)
+            }
         };
         for pp in known(view) {
-            out.insert(pp, at(&address, pp.port));
+            out.insert(pp, at(&chosen, pp.port));
         }
         if out.is_empty() {
             notes.info("internal mode: no exposed or published ports");
@@ -120,7 +143,7 @@ fn candidates(
     }
 
     if let Some(raw) = network {
-        notes.info(format!("{raw}: only used with --internal; ignored"));
+        notes.info_at(raw, "only used with --internal; ignored");
     }
     for b in &view.bindings {
         if let Some(kept) = wildcard_of_other_family(view, b, address, settings) {
@@ -137,8 +160,8 @@ fn candidates(
             ));
             continue;
         }
-        let address = match (address, b.host_ip) {
-            (Some(a), _) => a.to_owned(),
+        let (address, rule) = match (&label, b.host_ip) {
+            (Some(chosen), _) => chosen.clone(),
             (None, Some(ip)) => {
                 if ip.is_loopback() {
                     notes.info(format!(
@@ -147,18 +170,29 @@ fn candidates(
                         socket(ip, b.host_port)
                     ));
                 }
-                ip.to_string()
+                (
+                    ip.to_string(),
+                    format!("binding {}", socket(ip, b.host_port)),
+                )
             }
-            (None, None) => settings.host_ip.to_string(),
+            (None, None) => {
+                let (ip, rule) = host_ip();
+                let wildcard = if b.v6_wildcard { "[::]" } else { "0.0.0.0" };
+                (
+                    ip,
+                    format!("binding {wildcard}:{} at the {rule}", b.host_port),
+                )
+            }
         };
         out.entry(b.private).or_default().push(Endpoint {
             address,
             port: b.host_port,
+            rule,
         });
     }
     for endpoints in out.values_mut() {
         endpoints.sort();
-        endpoints.dedup();
+        endpoints.dedup_by(|a, b| a.address == b.address && a.port == b.port);
     }
     for pp in &view.exposed {
         if !out.contains_key(pp) {
@@ -187,7 +221,7 @@ fn choose_network(
     settings: &Settings,
     label: Option<&Raw>,
     notes: &mut Notes,
-) -> Option<IpAddr> {
+) -> Option<(IpAddr, String)> {
     let named = match (label, &settings.network) {
         (Some(raw), _) => Some((raw.value.trim(), format!("{raw}"))),
         (None, Some(name)) => Some((name.as_str(), format!("--network {name}"))),
@@ -211,7 +245,7 @@ fn choose_network(
         notes.info(format!(
             "internal mode: using {ip} on network {name} ({from})"
         ));
-        return Some(ip);
+        return Some((ip, format!("container IP on network {name} ({from})")));
     }
     let usable: Vec<(&str, IpAddr)> = view
         .networks
@@ -227,7 +261,10 @@ fn choose_network(
             notes.info(format!(
                 "internal mode: using {ip} on network {name} (its only network)"
             ));
-            Some(*ip)
+            Some((
+                *ip,
+                format!("container IP on network {name} (its only network)"),
+            ))
         }
         several => {
             let names: Vec<&str> = several.iter().map(|(n, _)| *n).collect();

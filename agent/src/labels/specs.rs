@@ -117,7 +117,7 @@ fn plain_specs(
             && scope != Scope::Container
             && boolean(raw, notes) == Some(true)
         {
-            notes.info(format!("{raw}: port {pp} ignored"));
+            notes.info_at(raw, format!("port {pp} ignored"));
             continue;
         }
         let port_name = layers
@@ -181,9 +181,10 @@ fn service_specs(ctx: &Ctx<'_>, candidates: &Candidates, notes: &mut Notes) -> V
         native.id.as_ref(),
     ];
     for raw in container_wide.into_iter().flatten() {
-        notes.warn(format!(
-            "{raw}: has no effect when berth.service.* labels are present; ignored"
-        ));
+        notes.warn_at(
+            raw,
+            "has no effect when berth.service.* labels are present; ignored",
+        );
     }
 
     let mut chosen: Vec<(&str, &ServiceLabels, PortProto)> = Vec::new();
@@ -192,9 +193,10 @@ fn service_specs(ctx: &Ctx<'_>, candidates: &Candidates, notes: &mut Notes) -> V
             Some(raw) => match raw.value.trim().parse::<PortProto>() {
                 Ok(pp) => pp,
                 Err(()) => {
-                    notes.warn(format!(
-                        "{raw}: not a port (use 8080 or 53/udp); service {svc} not registered"
-                    ));
+                    notes.warn_at(
+                        raw,
+                        format!("not a port (use 8080 or 53/udp); service {svc} not registered"),
+                    );
                     continue;
                 }
             },
@@ -223,9 +225,10 @@ fn service_specs(ctx: &Ctx<'_>, candidates: &Candidates, notes: &mut Notes) -> V
                     "service {svc}: port {pp} is exposed but not published; not registered"
                 ));
             } else if let Some(raw) = &s.port {
-                notes.warn(format!(
-                    "{raw}: {pp} is not a port of this container; service {svc} not registered"
-                ));
+                notes.warn_at(
+                    raw,
+                    format!("{pp} is not a port of this container; service {svc} not registered"),
+                );
             }
             continue;
         }
@@ -318,7 +321,7 @@ fn service_name(base: &str, from: NameFrom<'_>, what: &str, notes: &mut Notes) -
     if name != base {
         match from {
             NameFrom::Key(raw) => {
-                notes.info(format!("{raw}: service name sanitized to {}", quote(&name)));
+                notes.info_at(raw, format!("service name sanitized to {}", quote(&name)));
             }
             NameFrom::ServiceKey(svc) => notes.info(format!(
                 "service key {}: service name sanitized to {}",
@@ -337,9 +340,10 @@ fn custom_id(raw: &Raw, notes: &mut Notes) -> Option<String> {
     if sanitize::valid_id(id) {
         return Some(id.to_owned());
     }
-    notes.warn(format!(
-        "{raw}: not a usable id (no spaces, /, ?, # or %); using the default id"
-    ));
+    notes.warn_at(
+        raw,
+        "not a usable id (no spaces, /, ?, # or %); using the default id",
+    );
     None
 }
 
@@ -380,11 +384,14 @@ fn cap_meta(meta: BTreeMap<String, Raw>, notes: &mut Notes) -> BTreeMap<String, 
         if out.len() < MAX_USER_META_KEYS {
             out.insert(key, raw.value);
         } else {
-            notes.warn(format!(
-                "{raw}: more than {MAX_USER_META_KEYS} user meta keys (Consul allows \
+            notes.warn_at(
+                &raw,
+                format!(
+                    "more than {MAX_USER_META_KEYS} user meta keys (Consul allows \
                  {MAX_META_KEYS}, berth adds {}); dropped",
-                OWN_META_KEYS.len()
-            ));
+                    OWN_META_KEYS.len()
+                ),
+            );
         }
     }
     out

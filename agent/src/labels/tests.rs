@@ -31,6 +31,7 @@ fn settings() -> Settings {
     Settings {
         node: "node1".into(),
         host_ip: HOST_IP.parse().unwrap(),
+        host_ip_from: "--host-ip".into(),
         internal: false,
         network: None,
         explicit: false,

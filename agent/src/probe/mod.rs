@@ -35,6 +35,7 @@ use tracing::debug;
 
 use crate::heal;
 use crate::labels::{CheckSpec, Outcome, Probes};
+use crate::observe::Observer;
 use exec::{Probe, describe};
 
 /// Tunables.
@@ -268,6 +269,8 @@ pub struct Outlets {
     pub recheck: mpsc::Sender<String>,
     /// Containers whose check failed often enough, for self-healing.
     pub heal: mpsc::Sender<heal::Request>,
+    /// Every probe's result and duration (`berth_probes_total`, `berth_probe_duration_seconds`).
+    pub observe: Arc<Observer>,
 }
 
 /// The probe scheduler, shared by the reconcile workers (through [`Prober::sync`]) and the
@@ -518,14 +521,21 @@ async fn probe_once<P: Probe>(prober: &Prober<P>, spec: &CheckSpec) -> Health {
     let Ok(_permit) = prober.permits.acquire().await else {
         return Health::critical(format!("{}: prober closed", describe(&spec.kind)));
     };
-    match tokio::time::timeout(spec.timeout, prober.probe.probe(spec)).await {
+    let started = Instant::now();
+    let health = match tokio::time::timeout(spec.timeout, prober.probe.probe(spec)).await {
         Ok(h) => h,
         Err(_) => Health::critical(format!(
             "{}: timed out after {}",
             describe(&spec.kind),
             humantime::format_duration(spec.timeout)
         )),
-    }
+    };
+    prober
+        .outlets
+        .observe
+        .metrics
+        .probe(spec.kind.name(), health.status, started.elapsed());
+    health
 }
 
 #[cfg(test)]

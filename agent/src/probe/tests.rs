@@ -129,6 +129,7 @@ fn harness(concurrency: usize) -> Harness {
         Outlets {
             recheck: tx,
             heal: heal_tx,
+            observe: Arc::new(crate::observe::Observer::new(Duration::from_secs(15))),
         },
         tracker.clone(),
         cancel.clone(),

@@ -1,5 +1,7 @@
-//! Where a write leaves for the registry: one planned [`Op`] applied, and recorded in the
-//! store once the registry took it. Also the deregistration of everything on exit.
+//! Where a write leaves for the registry: one planned [`Op`] applied, counted and timed
+//! through the [`Observer`](crate::observe::Observer), logged in one line with its fields
+//! (`container`, `service.id`, `service.name`, `op`, `took_ms`), and recorded in the store
+//! once the registry took it. Also the deregistration of everything on exit.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -10,15 +12,39 @@ use tracing::{info, warn};
 
 use super::Context;
 use super::plan::Op;
+use crate::docker::short_id;
+use crate::observe::RegistryOp;
 
-/// Applies one write; on success the store records it.
-pub async fn apply(ctx: &Context, op: &Op) -> Result<(), RegistryError> {
+/// The metric and log name of a planned write.
+pub fn op_kind(op: &Op) -> RegistryOp {
+    match op {
+        Op::Register(_) => RegistryOp::Register,
+        Op::Deregister { .. } => RegistryOp::Deregister,
+        Op::SetHealth { .. } => RegistryOp::Health,
+    }
+}
+
+fn took_ms(took: Duration) -> f64 {
+    (took.as_secs_f64() * 1e5).round() / 100.0
+}
+
+/// Applies one write for `container`; on success the store records it.
+pub async fn apply(ctx: &Context, container: &str, op: &Op) -> Result<(), RegistryError> {
+    let kind = op_kind(op);
+    let observe = &ctx.observe;
+    let container = short_id(container);
     match op {
         Op::Register(instance) => {
-            ctx.registry.register(instance).await?;
+            let (result, took) = observe
+                .registry(kind, ctx.registry.register(instance))
+                .await;
+            result?;
             info!(
+                container,
                 service.id = %instance.id,
                 service.name = %instance.name,
+                op = %kind,
+                took_ms = took_ms(took),
                 address = %instance.address,
                 port = instance.port,
                 status = %instance.health.status,
@@ -27,12 +53,25 @@ pub async fn apply(ctx: &Context, op: &Op) -> Result<(), RegistryError> {
             ctx.store.registered(instance.clone());
         }
         Op::Deregister { id } => {
-            ctx.registry.deregister(id).await?;
-            info!(service.id = %id, "deregistered");
+            let name = ctx.store.name_of(id).unwrap_or_default();
+            let (result, took) = observe.registry(kind, ctx.registry.deregister(id)).await;
+            result?;
+            info!(
+                container,
+                service.id = %id,
+                service.name = %name,
+                op = %kind,
+                took_ms = took_ms(took),
+                "deregistered"
+            );
             ctx.store.deregistered(id);
         }
         Op::SetHealth { id, health } => {
-            if let Err(e) = ctx.registry.set_health(id, health).await {
+            let name = ctx.store.name_of(id).unwrap_or_default();
+            let (result, took) = observe
+                .registry(kind, ctx.registry.set_health(id, health))
+                .await;
+            if let Err(e) = result {
                 if matches!(e, RegistryError::NotFound { .. }) {
                     // Lost meanwhile: forget it; the next reconcile registers it again.
                     ctx.store.lost(id);
@@ -41,7 +80,16 @@ pub async fn apply(ctx: &Context, op: &Op) -> Result<(), RegistryError> {
             }
             // Debug-formatted: a multi-check or self-healing output has several lines, and a
             // log record stays on one.
-            info!(service.id = %id, status = %health.status, output = ?health.output, "health changed");
+            info!(
+                container,
+                service.id = %id,
+                service.name = %name,
+                op = %kind,
+                took_ms = took_ms(took),
+                status = %health.status,
+                output = ?health.output,
+                "health changed"
+            );
             ctx.store.health_reported(id, health.clone());
         }
     }
@@ -52,9 +100,10 @@ pub async fn apply(ctx: &Context, op: &Op) -> Result<(), RegistryError> {
 /// (a write may have reached the registry after its client timed out).
 pub async fn deregister_all(ctx: &Context) {
     let mut ids: HashSet<String> = ctx.store.ids().into_iter().collect();
-    match tokio::time::timeout(Duration::from_secs(2), ctx.registry.list()).await {
-        Ok(Ok(listing)) => ids.extend(listing.owned.into_iter().map(|i| i.id)),
-        Ok(Err(e)) => {
+    let listing = ctx.observe.registry(RegistryOp::List, ctx.registry.list());
+    match tokio::time::timeout(Duration::from_secs(2), listing).await {
+        Ok((Ok(listing), _)) => ids.extend(listing.owned.into_iter().map(|i| i.id)),
+        Ok((Err(e), _)) => {
             warn!(error = %crate::telemetry::chain(&e), "cannot list the registry on exit; deregistering what is known")
         }
         Err(_) => warn!("listing the registry on exit timed out; deregistering what is known"),
@@ -62,9 +111,15 @@ pub async fn deregister_all(ctx: &Context) {
     info!(instances = ids.len(), "deregistering on exit");
     futures::stream::iter(ids)
         .for_each_concurrent(16, |id| async move {
-            match ctx.registry.deregister(&id).await {
-                Ok(()) => ctx.store.deregistered(&id),
-                Err(e) => warn!(service.id = %id, error = %crate::telemetry::chain(&e), "deregister on exit failed; the TTL will expire it"),
+            let name = ctx.store.name_of(&id).unwrap_or_default();
+            let op = RegistryOp::Deregister;
+            let (result, took) = ctx.observe.registry(op, ctx.registry.deregister(&id)).await;
+            match result {
+                Ok(()) => {
+                    info!(service.id = %id, service.name = %name, op = %op, took_ms = took_ms(took), "deregistered");
+                    ctx.store.deregistered(&id);
+                }
+                Err(e) => warn!(service.id = %id, service.name = %name, op = %op, error = %crate::telemetry::chain(&e), "deregister on exit failed; the TTL will expire it"),
             }
         })
         .await;

@@ -10,10 +10,12 @@ use std::time::Duration;
 use berth_registry::RegistryError;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Context;
 use super::apply::apply;
+use super::store::Look;
+use crate::docker::short_id;
 use crate::docker::view::{ContainerView, DockerHealth};
 use crate::heal;
 use crate::labels::{self, Level, Note};
@@ -44,43 +46,53 @@ impl Outcome {
     }
 }
 
-/// Waits for a permit, then reconciles `id`.
-pub async fn reconcile_container(ctx: &Context, id: &str, permits: &Semaphore) -> Outcome {
+/// Waits for a permit, then reconciles `id`. `since`: when the Docker event that asked for
+/// this reconcile arrived, if one did; its first write is timed from then.
+pub async fn reconcile_container(
+    ctx: &Context,
+    id: &str,
+    permits: &Semaphore,
+    since: Option<Instant>,
+) -> Outcome {
     let Ok(_permit) = permits.acquire().await else {
         // Shutting down: the permits are closed.
         return Outcome::Converged;
     };
-    let span = info_span!("reconcile", container = %crate::docker::short_id(id));
-    reconcile(ctx, id).instrument(span).await
+    let span = info_span!("reconcile", container = %short_id(id));
+    let started = Instant::now();
+    let (outcome, writes) = reconcile(ctx, id, since).instrument(span).await;
+    let metrics = &ctx.observe.metrics;
+    metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    metrics.reconcile_writes.observe(writes as f64);
+    outcome
 }
 
-async fn reconcile(ctx: &Context, id: &str) -> Outcome {
-    let (mut outcome, name) = match ctx.docker.inspect(id).await {
+/// Reconciles `id`; returns the outcome and the number of writes sent.
+async fn reconcile(ctx: &Context, id: &str, since: Option<Instant>) -> (Outcome, usize) {
+    let (mut outcome, name, image) = match ctx.docker.inspect(id).await {
         Ok(Some(view)) => {
             let outcome = labels::plan_container(&view, &ctx.settings);
             if outcome.autoheal {
                 request_heal_if_unhealthy(ctx, &view);
             }
-            (outcome, view.name)
+            (outcome, view.name, view.image)
         }
         // Gone: nothing is desired, so whatever it registered is removed.
         Ok(None) => {
             ctx.prober.forget(id);
-            (labels::Outcome::default(), String::new())
+            ctx.store.forget(id);
+            (labels::Outcome::default(), String::new(), String::new())
         }
         Err(e) => {
             warn!(error = %crate::telemetry::chain(&e), "cannot inspect container; will retry");
-            return Outcome::Retry;
+            return (Outcome::Retry, 0);
         }
     };
     apply_verdicts(ctx, id, &name, &mut outcome);
-    if ctx.store.set_notes(id, outcome.notes.clone()) {
-        for note in &outcome.notes {
-            match note.level {
-                Level::Warn => warn!(container.name = %name, note = %note.message, "label problem"),
-                Level::Info => debug!(container.name = %name, note = %note.message, "label note"),
-            }
-        }
+    if !name.is_empty() {
+        record_look(ctx, id, name, image, &outcome);
     }
 
     let plan = ctx
@@ -88,6 +100,8 @@ async fn reconcile(ctx: &Context, id: &str) -> Outcome {
         .plan_container(&ctx.settings.node, id, &outcome.instances);
     ctx.store.keep_parked(id, plan.ops.iter().map(|op| op.id()));
     let mut result = Outcome::Converged;
+    let mut writes = 0;
+    let mut since = since;
     for c in &plan.conflicts {
         // An id held by another container of this node is usually a container recreated
         // under the same name whose predecessor is being deregistered right now.
@@ -104,8 +118,17 @@ async fn reconcile(ctx: &Context, id: &str) -> Outcome {
             result = result.and(Outcome::Parked(until - now));
             continue;
         }
-        match apply(ctx, &op).await {
-            Ok(()) => ctx.store.unpark(op.id()),
+        writes += 1;
+        match apply(ctx, id, &op).await {
+            Ok(()) => {
+                ctx.store.unpark(op.id());
+                if let Some(at) = since.take() {
+                    ctx.observe
+                        .metrics
+                        .event_to_write
+                        .observe(at.elapsed().as_secs_f64());
+                }
+            }
             // Lost meanwhile (`NotFound`), or the registry is down: try again soon.
             Err(e @ (RegistryError::NotFound { .. } | RegistryError::Unavailable { .. })) => {
                 warn!(service.id = %op.id(), error = %crate::telemetry::chain(&e), "registry write failed; will retry");
@@ -120,7 +143,48 @@ async fn reconcile(ctx: &Context, id: &str) -> Outcome {
             }
         }
     }
-    result
+    (result, writes)
+}
+
+/// Keeps what this reconcile decided for the status output, and logs the decision when it
+/// changed: each label note once, and one line for a container that registers nothing.
+fn record_look(ctx: &Context, id: &str, name: String, image: String, outcome: &labels::Outcome) {
+    let look = Look {
+        name,
+        image,
+        skipped: outcome.skipped,
+        desired: outcome.instances.clone(),
+        notes: outcome.notes.clone(),
+    };
+    let before = ctx.store.look(id, look.clone());
+    let (old_notes, old_skip) = match &before {
+        Some(b) => (b.notes.as_slice(), b.skipped),
+        None => (&[][..], None),
+    };
+    let container = short_id(id);
+    for note in look.notes.iter().filter(|n| !old_notes.contains(n)) {
+        let key = note.key.as_ref().map(|k| k.name.as_str());
+        match note.level {
+            Level::Warn => {
+                ctx.observe.metrics.label_errors.inc();
+                warn!(container, container.name = %look.name, label = key, note = %note.message, "label problem")
+            }
+            Level::Info => {
+                debug!(container, container.name = %look.name, label = key, note = %note.message, "label note")
+            }
+        }
+    }
+    if let Some(skip) = look.skipped
+        && old_skip != Some(skip)
+    {
+        // The notes say why in words; the first one is the decisive one for most reasons.
+        let why = look
+            .notes
+            .last()
+            .map(|n| n.message.as_str())
+            .unwrap_or_default();
+        info!(container, container.name = %look.name, reason = skip.code(), why, "container skipped; it registers nothing");
+    }
 }
 
 /// A Docker HEALTHCHECK that reports unhealthy asks self-healing for a restart.
@@ -170,12 +234,9 @@ fn apply_verdicts(ctx: &Context, id: &str, name: &str, outcome: &mut labels::Out
         }
     });
     for w in withdrawn {
-        outcome.notes.push(Note {
-            level: Level::Warn,
-            message: format!(
-                "instance {w} has been critical longer than its deregister_after; withdrawn \
-                 until its checks pass again"
-            ),
-        });
+        outcome.notes.push(Note::warn(format!(
+            "instance {w} has been critical longer than its deregister_after; withdrawn \
+             until its checks pass again"
+        )));
     }
 }

@@ -80,6 +80,11 @@ struct Controller {
     /// older listing never overwrites a newer one.
     snapshot_seq: u64,
     applied_seq: u64,
+    /// When the oldest event not yet reconciled arrived, per container.
+    since: HashMap<String, Instant>,
+    /// Containers of the first applied snapshot not reconciled yet; readiness waits for it to
+    /// empty. `None` before the first listing and after it emptied.
+    first_pending: Option<HashSet<String>>,
     cancel: CancellationToken,
 }
 
@@ -90,10 +95,33 @@ impl Controller {
             return;
         }
         self.running.insert(id.clone());
-        let handle = self
-            .jobs
-            .spawn(job(self.ctx.clone(), id.clone(), self.permits.clone()));
+        let since = self.since.remove(&id);
+        let handle = self.jobs.spawn(job(
+            self.ctx.clone(),
+            id.clone(),
+            self.permits.clone(),
+            since,
+        ));
         self.tasks.insert(handle.id(), id);
+    }
+
+    /// A Docker event arrived for `id` at `at`.
+    fn event(&mut self, id: String, at: Instant) {
+        self.since.entry(id.clone()).or_insert(at);
+        self.schedule(id);
+    }
+
+    /// The first snapshot is applied once each of its containers has been reconciled.
+    fn first_done(&mut self, id: Option<&str>) {
+        if let Some(pending) = &mut self.first_pending {
+            if let Some(id) = id {
+                pending.remove(id);
+            }
+            if pending.is_empty() {
+                self.first_pending = None;
+                self.ctx.observe.ready.snapshot_applied();
+            }
+        }
     }
 
     fn container_done(&mut self, id: String, outcome: Outcome) {
@@ -102,6 +130,7 @@ impl Controller {
             self.schedule(id);
             return;
         }
+        self.first_done(Some(&id));
         let delay = match outcome {
             Outcome::Converged => {
                 self.failures.remove(&id);
@@ -137,12 +166,12 @@ impl Controller {
         self.snapshot_seq += 1;
         let seq = self.snapshot_seq;
         let registry = self.ctx.registry.clone();
+        let observe = self.ctx.observe.clone();
         self.jobs.spawn(async move {
-            Done::Snapshot {
-                seq,
-                listing: registry.list().await,
-                ids,
-            }
+            let (listing, _) = observe
+                .registry(crate::observe::RegistryOp::List, registry.list())
+                .await;
+            Done::Snapshot { seq, listing, ids }
         });
     }
 
@@ -167,6 +196,10 @@ impl Controller {
                     "registry listing"
                 );
                 self.ctx.store.replace(listing);
+                self.ctx.observe.metrics.snapshots.inc();
+                if !self.ctx.observe.ready.applied() && self.first_pending.is_none() {
+                    self.first_pending = Some(HashSet::new());
+                }
             }
             Ok(_) => debug!(seq, "ignoring a listing older than the one applied"),
             Err(e) => warn!(
@@ -176,6 +209,10 @@ impl Controller {
             ),
         }
         all.extend(self.ctx.store.containers());
+        if let Some(pending) = &mut self.first_pending {
+            pending.extend(all.iter().cloned());
+        }
+        self.first_done(None);
         for id in all {
             self.schedule(id);
         }
@@ -206,8 +243,8 @@ impl Controller {
 }
 
 /// One container's reconcile as a controller job.
-async fn job(ctx: Context, id: String, permits: Arc<Semaphore>) -> Done {
-    let outcome = reconcile_container(&ctx, &id, &permits).await;
+async fn job(ctx: Context, id: String, permits: Arc<Semaphore>, since: Option<Instant>) -> Done {
+    let outcome = reconcile_container(&ctx, &id, &permits, since).await;
     Done::Container { id, outcome }
 }
 
@@ -236,6 +273,8 @@ impl Reconciler {
             retrying: HashMap::new(),
             snapshot_seq: 0,
             applied_seq: 0,
+            since: HashMap::new(),
+            first_pending: None,
             cancel: cancel.clone(),
         };
 
@@ -247,6 +286,7 @@ impl Reconciler {
                 t = triggers.recv() => match t {
                     None => break,
                     Some(Trigger::Container(id)) => c.schedule(id),
+                    Some(Trigger::Event { container, at }) => c.event(container, at),
                     Some(Trigger::Snapshot(ids)) => c.start_snapshot(ids),
                 },
             }

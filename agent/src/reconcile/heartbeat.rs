@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::Trigger;
 use super::store::Store;
+use crate::observe::{Observer, RegistryOp};
 
 /// Heartbeats sent at once.
 const CONCURRENCY: usize = 32;
@@ -24,6 +25,7 @@ const CONCURRENCY: usize = 32;
 pub async fn run(
     registry: Registry,
     store: Arc<Store>,
+    observe: Arc<Observer>,
     triggers: mpsc::Sender<Trigger>,
     cancel: CancellationToken,
 ) {
@@ -38,9 +40,12 @@ pub async fn run(
         let due = store.take_due(Instant::now());
         let results: Vec<(String, Result<(), RegistryError>)> = futures::stream::iter(due)
             .map(|id| {
-                let registry = &registry;
+                let (registry, observe) = (&registry, &observe);
                 async move {
-                    let r = registry.heartbeat(&id).await;
+                    let (r, took) = observe
+                        .registry(RegistryOp::Heartbeat, registry.heartbeat(&id))
+                        .await;
+                    debug!(service.id = %id, op = %RegistryOp::Heartbeat, took_ms = took.as_secs_f64() * 1e3, ok = r.is_ok(), "heartbeat");
                     (id, r)
                 }
             })

@@ -27,10 +27,12 @@ use std::sync::Arc;
 
 use berth_registry::Registry;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::docker::Docker;
 use crate::heal;
 use crate::labels;
+use crate::observe::Observer;
 use crate::probe::Prober;
 pub use controller::{Options, Reconciler};
 use store::Store;
@@ -38,9 +40,12 @@ use store::Store;
 /// What the reconciler is asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Trigger {
-    /// Something happened to this container (by full id), or the registry lost one of its
-    /// instances: reconcile it.
+    /// The registry lost one of this container's (by full id) instances, or something else
+    /// wants it looked at: reconcile it.
     Container(String),
+    /// A Docker event for this container arrived at `at`: reconcile it, and time its first
+    /// write from `at` (`berth_event_to_write_duration_seconds`).
+    Event { container: String, at: Instant },
     /// Every running or paused container id Docker has right now (authoritative: anything the
     /// registry holds for other containers is stale). Read the registry, then reconcile all.
     Snapshot(Vec<String>),
@@ -55,4 +60,5 @@ pub struct Context {
     pub settings: Arc<labels::Settings>,
     pub prober: Arc<Prober>,
     pub heal: mpsc::Sender<heal::Request>,
+    pub observe: Arc<Observer>,
 }

@@ -1,5 +1,6 @@
 //! What this node owns in the registry, as last written or read, plus the heartbeat schedule,
-//! the writes the registry refused (parked), and each container's label notes.
+//! the writes the registry refused (parked), and what the latest reconcile of each container
+//! decided ([`Look`], for the status output).
 //!
 //! One `std::sync::Mutex` guards it; no lock is ever held across I/O. Reconcile workers
 //! record each successful write here, snapshots replace it wholesale, and the heartbeater
@@ -16,7 +17,30 @@ use tokio::time::Instant;
 
 use super::plan::{Op, Plan, plan};
 use crate::backoff::Backoff;
-use crate::labels::Note;
+use crate::labels::{Note, Skip};
+
+/// What the latest reconcile of a container decided, for `/v1/status` and the status page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Look {
+    pub name: String,
+    pub image: String,
+    /// Why it registers nothing, when it does not.
+    pub skipped: Option<Skip>,
+    /// The instances it should have, with their current health (probe verdicts applied).
+    pub desired: Vec<Instance>,
+    pub notes: Vec<Note>,
+}
+
+/// A copy of the store's state for the status output, taken under the lock in one go.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// By container id.
+    pub looks: BTreeMap<String, Look>,
+    /// Owned instances, by id.
+    pub owned: BTreeMap<String, Instance>,
+    /// Parked writes, by instance id.
+    pub parked: BTreeMap<String, Parked>,
+}
 
 /// A write the registry refused (an id another owner holds, a value it will not take). It is
 /// not tried again before `until`, unless the write wanted changes.
@@ -51,7 +75,7 @@ struct Inner {
     stale: BTreeSet<String>,
     schedule: BTreeSet<(Instant, String)>,
     due_at: HashMap<String, Instant>,
-    notes: HashMap<String, Vec<Note>>,
+    looks: HashMap<String, Look>,
     /// By instance id.
     parked: BTreeMap<String, Parked>,
 }
@@ -271,23 +295,43 @@ impl Store {
             .retain(|id, p| p.container != container || wanted.contains(id.as_str()));
     }
 
-    /// Every parked write, by instance id (for a status output; today only tests read it).
+    /// Every parked write, by instance id.
     pub fn parked(&self) -> Vec<Parked> {
         self.lock().parked.values().cloned().collect()
     }
 
-    /// Stores the notes of a container's latest evaluation; true when they changed (so they
-    /// are logged once, not on every resync).
-    pub fn set_notes(&self, container: &str, notes: Vec<Note>) -> bool {
-        let mut inner = self.lock();
-        if notes.is_empty() {
-            return inner.notes.remove(container).is_some();
+    /// Stores what a container's latest reconcile decided; returns what it decided before
+    /// (so notes are logged once when they change, not on every resync).
+    pub fn look(&self, container: &str, look: Look) -> Option<Look> {
+        self.lock().looks.insert(container.to_owned(), look)
+    }
+
+    /// The name of an owned instance.
+    pub fn name_of(&self, id: &str) -> Option<String> {
+        self.lock().instances.get(id).map(|i| i.name.clone())
+    }
+
+    /// Forgets a container that no longer exists.
+    pub fn forget(&self, container: &str) {
+        self.lock().looks.remove(container);
+    }
+
+    /// A copy of everything the status output shows. The lock is held only for the copy.
+    pub fn snapshot(&self) -> Snapshot {
+        let inner = self.lock();
+        Snapshot {
+            looks: inner
+                .looks
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            owned: inner
+                .instances
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            parked: inner.parked.clone(),
         }
-        if inner.notes.get(container) == Some(&notes) {
-            return false;
-        }
-        inner.notes.insert(container.to_owned(), notes);
-        true
     }
 }
 
@@ -433,15 +477,23 @@ mod tests {
     }
 
     #[test]
-    fn notes_are_reported_once() {
+    fn looks_are_replaced_and_gone_containers_forgotten() {
         let store = Store::new(Duration::from_secs(5));
-        let n = vec![Note {
-            level: crate::labels::Level::Warn,
-            message: "bad".into(),
-        }];
-        assert!(store.set_notes("c", n.clone()));
-        assert!(!store.set_notes("c", n));
-        assert!(store.set_notes("c", vec![]));
-        assert!(!store.set_notes("c", vec![]));
+        let look = |notes: Vec<Note>, skipped| Look {
+            name: "web".into(),
+            image: "img".into(),
+            skipped,
+            desired: vec![],
+            notes,
+        };
+        let n = vec![Note::warn("bad")];
+        assert_eq!(store.look("c", look(n.clone(), None)), None);
+        assert_eq!(
+            store.look("c", look(vec![], Some(Skip::Paused))),
+            Some(look(n, None))
+        );
+        assert_eq!(store.snapshot().looks.len(), 1);
+        store.forget("c");
+        assert!(store.snapshot().looks.is_empty());
     }
 }

@@ -81,11 +81,17 @@ struct Harness {
     docker: Scripted,
     memory: MemoryRegistry,
     store: Arc<Store>,
+    observe: Arc<crate::observe::Observer>,
     triggers: mpsc::Sender<Trigger>,
     running: Running,
 }
 
 async fn harness(extra: &[&str]) -> Harness {
+    harness_with(extra, |_| {}).await
+}
+
+/// [`harness`], with the scripted engine prepared by `prepare` before the agent starts.
+async fn harness_with(extra: &[&str], prepare: impl FnOnce(&Scripted)) -> Harness {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut argv = vec![
         "berth",
@@ -104,13 +110,16 @@ async fn harness(extra: &[&str]) -> Harness {
         panic!("run")
     };
     let docker = Scripted::default();
+    prepare(&docker);
     let memory = MemoryRegistry::new(NODE);
     let cancel = CancellationToken::new();
+    let observe = Arc::new(crate::observe::Observer::new(Duration::from_secs(15)));
     let app = App::assemble(
         *config,
         Docker::Scripted(docker.clone()),
         NODE.to_owned(),
         Registry::Memory(memory.clone()),
+        observe.clone(),
         &cancel,
         &TaskTracker::new(),
     )
@@ -121,6 +130,7 @@ async fn harness(extra: &[&str]) -> Harness {
         docker,
         memory,
         store,
+        observe,
         triggers,
         running,
     };
@@ -528,5 +538,69 @@ async fn events_register_and_deregister_without_a_resync() {
     )
     .await;
     assert_eq!(h.docker.lists(), 1, "no relist was needed");
+    h.stop().await;
+}
+
+/// Mechanism: `first_pending` in the controller. Readiness waits until every container of the
+/// first listing has been reconciled, not merely until the listing was read.
+#[tokio::test(start_paused = true)]
+async fn the_first_snapshot_counts_as_applied_once_each_listed_container_is_reconciled() {
+    let h = harness_with(&[], |docker| {
+        docker.put(web("c1", 30001));
+        docker.delay_inspects("c1", Duration::from_secs(2));
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !h.observe.ready.applied(),
+        "c1's reconcile is still inspecting"
+    );
+    assert_eq!(
+        h.observe.ready.check(Instant::now()),
+        Err("first snapshot not applied yet".into())
+    );
+    h.registered("c1", Duration::from_secs(5), &[&instance_id("c1")])
+        .await;
+    until("applied", Duration::from_secs(1), || {
+        h.observe.ready.applied()
+    })
+    .await;
+    assert_eq!(h.observe.ready.check(Instant::now()), Ok(()));
+    h.stop().await;
+}
+
+/// Mechanism: `since` in the controller and the first write of a reconcile. An event's
+/// latency is measured from its arrival to the first write it caused, once, and a trigger
+/// that is not an event (a heartbeat's repair) is not measured.
+#[tokio::test(start_paused = true)]
+async fn event_to_write_latency_is_timed_from_the_event_once() {
+    let h = harness(&[]).await;
+    h.docker.put(web2("c1", 30001, 30002));
+    h.docker.delay_inspects("c1", Duration::from_millis(300));
+    let at = Instant::now();
+    h.triggers
+        .send(Trigger::Event {
+            container: "c1".into(),
+            at,
+        })
+        .await
+        .unwrap();
+    h.registered(
+        "both ports",
+        Duration::from_secs(5),
+        &["n1:ctr-c1:80", "n1:ctr-c1:81"],
+    )
+    .await;
+    let m = &h.observe.metrics;
+    assert_eq!(m.event_to_write.count(), 1, "two writes, one event");
+    let took = m.event_to_write.sum();
+    assert!((0.3..0.4).contains(&took), "{took}");
+    h.docker.put(web("c1", 30003));
+    h.trigger("c1").await;
+    until("re-registered", Duration::from_secs(5), || {
+        h.port(&instance_id("c1")) == Some(30003)
+    })
+    .await;
+    assert_eq!(m.event_to_write.count(), 1, "not an event");
     h.stop().await;
 }
