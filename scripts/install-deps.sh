@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything berth's build and tests need on a Debian bookworm machine:
 # protoc (etcd-client build), busybox-static (test images), etcd, dig, socat (a tcp:// Docker
-# endpoint in tests), openssl (an HTTPS server for the probe tests), and consul from the
+# endpoint in tests), openssl (an HTTPS server for the probe tests), chromium (the status
+# page's screenshot test), prometheus (for `promtool check metrics`), and consul from the
 # bullseye suite. The bullseye source is derived from this machine's own apt configuration,
 # so no mirror host name is written into the repository.
 set -euo pipefail
@@ -13,7 +14,8 @@ have_all() {
     && [ -x /bin/busybox ] && command -v consul >/dev/null && command -v etcd >/dev/null \
     && command -v etcdctl >/dev/null && command -v dig >/dev/null && command -v curl >/dev/null \
     && command -v jq >/dev/null && command -v socat >/dev/null && command -v ip >/dev/null \
-    && command -v openssl >/dev/null
+    && command -v openssl >/dev/null && command -v chromium >/dev/null \
+    && command -v promtool >/dev/null
 }
 
 if have_all; then exit 0; fi
@@ -54,10 +56,16 @@ fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   protobuf-compiler libprotobuf-dev busybox-static etcd-server etcd-client \
-  dnsutils curl jq socat iproute2 ca-certificates openssl >/dev/null
+  dnsutils curl jq socat iproute2 ca-certificates openssl chromium prometheus >/dev/null
 apt-get install -y -qq --no-install-recommends -t bullseye consul >/dev/null
 # Debian's etcd-server package may start a system etcd on :2379; the tests run their own.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+# Likewise Debian's prometheus package may start a server; only promtool is wanted.
+if command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now etcd >/dev/null 2>&1 || true
+  systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+fi
 pkill -x etcd >/dev/null 2>&1 || true
+pkill -x prometheus >/dev/null 2>&1 || true
+pkill -f prometheus-node-exporter >/dev/null 2>&1 || true
 have_all || { echo "install-deps: something is still missing after install" >&2; exit 1; }
 echo "install-deps: ok (consul $(consul version | head -1), etcd $(etcd --version | head -1))"

@@ -149,9 +149,16 @@ impl Agent {
         Agent::spawn_with_env(args, &[])
     }
 
-    /// Like [`Agent::spawn`], with extra environment variables.
+    /// Like [`Agent::spawn`], with extra environment variables. A `berth run` without
+    /// `--admin-addr` gets `--admin-addr 127.0.0.1:0` (a port the OS picks, so parallel
+    /// agents never collide); [`Agent::admin`] finds it in the log.
     pub fn spawn_with_env<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Agent {
-        let args: Vec<String> = args.iter().map(|s| s.as_ref().to_string()).collect();
+        let mut args: Vec<String> = args.iter().map(|s| s.as_ref().to_string()).collect();
+        let sets_admin = args.iter().any(|a| a.starts_with("--admin-addr"))
+            || env.iter().any(|(k, _)| *k == "BERTH_ADMIN_ADDR");
+        if args.first().map(String::as_str) == Some("run") && !sets_admin {
+            args.extend(["--admin-addr".to_string(), "127.0.0.1:0".to_string()]);
+        }
         let dir = TempDir::new("berth-e2e-agent");
         let log_path = dir.0.join("berth.log");
         let log = std::fs::File::create(&log_path).expect("create agent log");
@@ -176,6 +183,22 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The agent's admin server, once it has logged the address it listens on.
+    pub fn admin(&self) -> crate::admin::AdminClient {
+        let addr = crate::wait_for(
+            "the admin server's address in the log",
+            Duration::from_secs(20),
+            || {
+                let records = self.records_with(
+                    "admin server listening (/healthz /readyz /metrics /v1/status /)",
+                );
+                let addr = field(records.first()?, "admin");
+                (!addr.is_empty()).then(|| addr.to_owned())
+            },
+        );
+        crate::admin::AdminClient::new(&addr)
     }
 
     /// `None` while running; the exit status once it has exited.

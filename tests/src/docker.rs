@@ -372,3 +372,37 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A socat relay from 127.0.0.1:`port` to the local Docker socket, standing in for a
+/// TCP-exposed engine that a test can cut (drop it) and bring back (start another).
+#[derive(Debug)]
+pub struct Relay(std::process::Child);
+
+impl Drop for Relay {
+    /// Kills the relay and its forked per-connection children (its process group).
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a [`Relay`] on `port` and waits until it accepts connections.
+pub fn relay(port: u16) -> Relay {
+    use std::os::unix::process::CommandExt;
+    let relay = Relay(
+        Command::new("socat")
+            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+            .arg("UNIX-CONNECT:/var/run/docker.sock")
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("socat (scripts/install-deps.sh installs it)"),
+    );
+    wait_for("the tcp relay", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    relay
+}

@@ -54,6 +54,23 @@ impl Env {
         self.backend.kind()
     }
 
+    /// Stops the registry (Consul's dev agent, or etcd) until [`Env::backend_resume`].
+    pub fn backend_stop(&mut self) {
+        match &mut self.backend {
+            Backend::Consul(c) => c.stop(),
+            Backend::Etcd { etcd, .. } => etcd.stop(),
+        }
+    }
+
+    /// Starts the stopped registry again on the same ports (Consul's dev agent empty, etcd
+    /// with its data).
+    pub fn backend_resume(&mut self) {
+        match &mut self.backend {
+            Backend::Consul(c) => c.resume(),
+            Backend::Etcd { etcd, .. } => etcd.resume(),
+        }
+    }
+
     /// A service name unique to this run: `<test>-<what>-<random>`.
     pub fn svc(&self, what: &str) -> String {
         format!("{}-{what}-{}", self.test.replace('_', "-"), random_hex(0))

@@ -5,9 +5,11 @@
 //! restart or kill it without disturbing each other. [`backend`] reads either one the same
 //! way, for the contract suite that runs against both. [`docker`] builds the test image and
 //! guards containers and networks; [`agent`] runs the berth binary and formats failures;
-//! [`env`] is one test's world and its assertion steps.
+//! [`env`] is one test's world and its assertion steps; [`admin`] reads an agent's admin
+//! server.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+pub mod admin;
 pub mod agent;
 pub mod backend;
 pub mod consul;

@@ -3,13 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use berth_e2e::agent::{Agent, field};
 use berth_e2e::consul::ConsulServer;
-use berth_e2e::docker::{self, Container};
+use berth_e2e::docker::{self, Container, relay};
 use berth_e2e::{free_port, wait_for};
 
 /// `(address, port)` of every instance of `name` in `/v1/health/service/<name>`.
@@ -83,37 +82,6 @@ fn detected_host_ip_is_logged_and_registered() {
         },
     );
     assert_eq!(got, want, "agent log:\n{}", agent.log_tail(30));
-}
-
-/// Kills the relay and its forked per-connection children (its process group) on drop.
-struct Proxy(Child);
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-/// A socat relay from 127.0.0.1:`port` to the local Docker socket, standing in for a
-/// TCP-exposed engine that can be cut and brought back.
-fn relay(port: u16) -> Proxy {
-    let proxy = Proxy(
-        Command::new("socat")
-            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
-            .arg("UNIX-CONNECT:/var/run/docker.sock")
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat (scripts/install-deps.sh installs it)"),
-    );
-    wait_for("the tcp relay", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    });
-    proxy
 }
 
 /// `DOCKER_HOST=tcp://…` is honoured, and when that endpoint goes away berth keeps running,

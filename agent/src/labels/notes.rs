@@ -79,6 +79,18 @@ impl Notes {
         );
     }
 
+    /// A warning about the label `key`, which the container lacks.
+    pub fn warn_missing(&mut self, key: &str, rest: impl AsRef<str>) {
+        self.push(
+            Level::Warn,
+            format!("label {key} {}", rest.as_ref()),
+            Some(Key {
+                source: "label",
+                name: key.to_owned(),
+            }),
+        );
+    }
+
     fn push(&mut self, level: Level, message: String, key: Option<Key>) {
         if !self
             .0

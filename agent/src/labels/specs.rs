@@ -93,10 +93,10 @@ fn plain_specs(
     if let Some(list) = &native.ports {
         for pp in &list.ports {
             if !known.contains(pp) {
-                notes.warn(format!(
-                    "{}: {pp} is not a port of this container; ignored",
-                    list.raw
-                ));
+                notes.warn_at(
+                    &list.raw,
+                    format!("{pp} is not a port of this container; ignored"),
+                );
             }
         }
         candidates.retain(|pp, _| {
@@ -210,11 +210,14 @@ fn service_specs(ctx: &Ctx<'_>, candidates: &Candidates, notes: &mut Notes) -> V
                 }
                 several => {
                     let list: Vec<String> = several.iter().map(|pp| pp.to_string()).collect();
-                    notes.warn(format!(
-                        "label berth.service.{svc}.port is missing and the container has several \
-                         ports ({}); service {svc} not registered",
-                        list.join(", ")
-                    ));
+                    notes.warn_missing(
+                        &format!("berth.service.{svc}.port"),
+                        format!(
+                            "is missing and the container has several ports ({}); service \
+                             {svc} not registered",
+                            list.join(", ")
+                        ),
+                    );
                     continue;
                 }
             },
@@ -301,21 +304,24 @@ enum NameFrom<'a> {
 fn service_name(base: &str, from: NameFrom<'_>, what: &str, notes: &mut Notes) -> Option<String> {
     let name = sanitize::service_name(base);
     if name.is_empty() {
-        notes.warn(match from {
-            NameFrom::Key(raw) => format!(
-                "{raw}: not usable as a service name (letters, digits and - only); {what} skipped"
+        match from {
+            NameFrom::Key(raw) => notes.warn_at(
+                raw,
+                format!(
+                    "not usable as a service name (letters, digits and - only); {what} skipped"
+                ),
             ),
-            NameFrom::Image(image) => format!(
+            NameFrom::Image(image) => notes.warn(format!(
                 "image {} gives no usable service name; set SERVICE_NAME or berth.name; {what} \
                  skipped",
                 quote(image)
-            ),
-            NameFrom::ServiceKey(svc) => format!(
+            )),
+            NameFrom::ServiceKey(svc) => notes.warn(format!(
                 "service key {} gives no usable service name; set berth.service.{svc}.name; \
                  {what} skipped",
                 quote(svc)
-            ),
-        });
+            )),
+        }
         return None;
     }
     if name != base {

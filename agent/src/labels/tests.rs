@@ -155,6 +155,28 @@ fn assert_invariants(out: &Outcome) {
         assert!(!c.is_empty());
         assert!(!c.contains_key("check_script") && !c.contains_key("check_cmd"));
     }
+    // A note that quotes a key names it, so the status output can point at the label.
+    for n in &out.notes {
+        let quotes_key = n.message.starts_with("label ") || n.message.starts_with("env ");
+        match &n.key {
+            Some(k) => assert!(
+                n.message
+                    .starts_with(&format!("{} {}", k.source, k.name.escape_debug())),
+                "{n:?}"
+            ),
+            None => assert!(!quotes_key, "a note about a key must name it: {n:?}"),
+        }
+    }
+    // Each instance says why it has its address; a container registers nothing only with
+    // a reason.
+    for i in &out.instances {
+        assert!(
+            out.addresses.get(&i.id).is_some_and(|r| !r.is_empty()),
+            "no address rule for {}",
+            i.id
+        );
+    }
+    assert_eq!(out.skipped.is_some(), out.instances.is_empty(), "{out:?}");
 }
 
 const EXPOSED_9000: &str = "I port 9000/tcp is exposed but not published; skipped (publish it with -p, or run berth with --internal)";

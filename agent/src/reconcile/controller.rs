@@ -8,6 +8,9 @@
 //!   [`Store`](super::store::Store) with it, then reconcile every container that Docker lists,
 //!   the registry holds, or that is being reconciled. Listings are numbered, and one older
 //!   than the listing already applied is ignored.
+//! - A listing that fails is retried with jittered backoff ([`Backoff::RETRY`]) until one
+//!   succeeds or a newer snapshot replaces it; the first listing applied, with each of its
+//!   containers reconciled once, makes the agent ready.
 //! - A reconcile that fails for a reason that may pass is retried with jittered backoff
 //!   ([`Backoff::RETRY`]); one with a write the registry refused is retried when the write's
 //!   park ends ([`Backoff::PARKED`]); at most one retry is pending per container. A reconcile
@@ -56,6 +59,8 @@ enum Done {
         outcome: Outcome,
     },
     Retry(String),
+    /// A failed listing's retry is due.
+    RetrySnapshot(Vec<String>),
     Snapshot {
         seq: u64,
         listing: Result<Listing, RegistryError>,
@@ -85,6 +90,9 @@ struct Controller {
     /// Containers of the first applied snapshot not reconciled yet; readiness waits for it to
     /// empty. `None` before the first listing and after it emptied.
     first_pending: Option<HashSet<String>>,
+    /// Listings failed in a row, and the timer of the one pending retry of a failed listing.
+    listing_failures: u32,
+    listing_retry: Option<AbortHandle>,
     cancel: CancellationToken,
 }
 
@@ -163,6 +171,10 @@ impl Controller {
     }
 
     fn start_snapshot(&mut self, ids: Vec<String>) {
+        // A newer snapshot replaces a failed one's retry.
+        if let Some(timer) = self.listing_retry.take() {
+            timer.abort();
+        }
         self.snapshot_seq += 1;
         let seq = self.snapshot_seq;
         let registry = self.ctx.registry.clone();
@@ -189,6 +201,7 @@ impl Controller {
         match listing {
             Ok(listing) if seq > self.applied_seq => {
                 self.applied_seq = seq;
+                self.listing_failures = 0;
                 debug!(
                     owned = listing.owned.len(),
                     foreign = listing.foreign_ids.len(),
@@ -202,11 +215,28 @@ impl Controller {
                 }
             }
             Ok(_) => debug!(seq, "ignoring a listing older than the one applied"),
-            Err(e) => warn!(
-                registry = %self.ctx.registry.describe(),
-                error = %crate::telemetry::chain(&e),
-                "cannot read the registry; reconciling against the last known state"
-            ),
+            Err(e) => {
+                warn!(
+                    registry = %self.ctx.registry.describe(),
+                    error = %crate::telemetry::chain(&e),
+                    "cannot read the registry; reconciling against the last known state"
+                );
+                // The listing is what makes the owned state exact (and the agent ready): try
+                // it again soon rather than at the next resync.
+                if seq == self.snapshot_seq && self.listing_retry.is_none() {
+                    self.listing_failures = self.listing_failures.saturating_add(1);
+                    let delay = Backoff::RETRY.delay(self.listing_failures, &mut rand::rng());
+                    let (cancel, ids) = (self.cancel.clone(), all.iter().cloned().collect());
+                    let timer = self.jobs.spawn(async move {
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        Done::RetrySnapshot(ids)
+                    });
+                    self.listing_retry = Some(timer);
+                }
+            }
         }
         all.extend(self.ctx.store.containers());
         if let Some(pending) = &mut self.first_pending {
@@ -227,6 +257,10 @@ impl Controller {
             Ok((_, Done::Retry(id))) => {
                 self.retrying.remove(&id);
                 self.schedule(id);
+            }
+            Ok((_, Done::RetrySnapshot(ids))) => {
+                self.listing_retry = None;
+                self.start_snapshot(ids);
             }
             Ok((_, Done::Snapshot { seq, listing, ids })) => self.snapshot_done(seq, listing, ids),
             // A retry timer replaced by a sooner one.
@@ -275,6 +309,8 @@ impl Reconciler {
             applied_seq: 0,
             since: HashMap::new(),
             first_pending: None,
+            listing_failures: 0,
+            listing_retry: None,
             cancel: cancel.clone(),
         };
 

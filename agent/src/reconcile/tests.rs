@@ -604,3 +604,37 @@ async fn event_to_write_latency_is_timed_from_the_event_once() {
     assert_eq!(m.event_to_write.count(), 1, "not an event");
     h.stop().await;
 }
+
+/// Mechanism: `listing_retry` in the controller. A listing that fails (the registry is down
+/// at startup) is tried again on the retry backoff, not at the next resync (an hour here), so
+/// the agent becomes ready soon after the registry returns.
+#[tokio::test(start_paused = true)]
+async fn a_failed_listing_is_retried_until_the_registry_answers() {
+    let h = harness_with(&[], |docker| docker.put(web("c1", 30001))).await;
+    // Too late for the first listing, which already succeeded: make the registry fail, and
+    // ask for a snapshot as a reconnect would.
+    h.memory.set_unavailable(true);
+    h.triggers
+        .send(Trigger::Snapshot(vec!["c1".into()]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let lists = |m: &MemoryRegistry| m.calls().iter().filter(|c| c.op == Call::List).count();
+    let failed = lists(&h.memory);
+    assert!(failed >= 3, "retried while failing: {failed} listings");
+    h.memory.set_unavailable(false);
+    until(
+        "a listing after the registry returned",
+        Duration::from_secs(20),
+        || lists(&h.memory) > failed,
+    )
+    .await;
+    let settled = lists(&h.memory);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        lists(&h.memory),
+        settled,
+        "no more retries once one succeeded"
+    );
+    h.stop().await;
+}

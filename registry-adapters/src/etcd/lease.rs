@@ -65,6 +65,7 @@ impl EtcdRegistry {
                 _ = self.inner.lease_lost.notified() => {
                     keeper = None;
                     failing = false;
+                    self.set_renewal_failure(None);
                     lost.notify_one();
                     continue;
                 }
@@ -72,6 +73,7 @@ impl EtcdRegistry {
             }
             let Some(lease) = self.lease() else {
                 keeper = None;
+                self.set_renewal_failure(None);
                 continue;
             };
             let renewed =
@@ -86,11 +88,13 @@ impl EtcdRegistry {
                         info!(lease = %format!("{lease:x}"), "etcd lease renewed again");
                     }
                     failing = false;
+                    self.set_renewal_failure(None);
                 }
                 // Passed on to `lost` by the `lease_lost` branch above.
                 Ok(false) => self.drop_lease(lease),
                 Err(error) => {
                     keeper = None;
+                    self.set_renewal_failure(Some(error.clone()));
                     if !failing {
                         warn!(lease = %format!("{lease:x}"), %error, retry_every = ?every, "cannot renew the etcd lease; retrying");
                     }

@@ -79,6 +79,9 @@ struct Inner {
     /// Woken whenever the current lease is found gone, by a write or by the renewal; the
     /// renewal task passes it on to the caller of `keep_lease`.
     lease_lost: Notify,
+    /// Why the lease's renewal is failing, while it is (set and cleared by `keep_lease`);
+    /// heartbeats answer it, since the lease is what keeps every instance alive.
+    renewal_failing: Mutex<Option<String>>,
     written: Mutex<Written>,
 }
 
@@ -110,6 +113,7 @@ impl EtcdRegistry {
                 lease: Mutex::new(None),
                 grant: tokio::sync::Mutex::new(()),
                 lease_lost: Notify::new(),
+                renewal_failing: Mutex::new(None),
                 written: Mutex::new(Written::default()),
             }),
         })
@@ -354,11 +358,32 @@ impl EtcdRegistry {
     /// nothing: it answers [`RegistryError::NotFound`] when this backend never wrote or listed
     /// `id`, or dropped it since (its lease was lost), so the caller registers it again.
     pub async fn heartbeat(&self, id: &str) -> Result<(), RegistryError> {
-        let known = self.written().get(id);
-        match known {
-            Some(_) => Ok(()),
-            None => Err(RegistryError::NotFound { id: id.to_owned() }),
+        if self.written().get(id).is_none() {
+            return Err(RegistryError::NotFound { id: id.to_owned() });
         }
+        match self.renewal_failure() {
+            None => Ok(()),
+            Some(why) => Err(RegistryError::Unavailable {
+                message: format!("renewal of the agent's lease is failing: {why}"),
+                source: None,
+            }),
+        }
+    }
+
+    fn renewal_failure(&self) -> Option<String> {
+        self.inner
+            .renewal_failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_renewal_failure(&self, why: Option<String>) {
+        *self
+            .inner
+            .renewal_failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = why;
     }
 
     /// Reports `health`. Unchanged health writes nothing; a change rewrites the instance
