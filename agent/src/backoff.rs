@@ -29,6 +29,13 @@ impl Backoff {
         max: Duration::from_secs(16),
     };
 
+    /// Reading the registry again after a listing failed (it makes the owned state exact and
+    /// the agent ready, so it is retried sooner than a container): 0.5 s doubling to 5 s.
+    pub const LISTING: Backoff = Backoff {
+        min: Duration::from_millis(500),
+        max: Duration::from_secs(5),
+    };
+
     /// Trying again a write the registry refused (it will likely refuse it again until
     /// someone changes something): 30 s doubling to 5 min.
     pub const PARKED: Backoff = Backoff {

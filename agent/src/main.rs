@@ -204,13 +204,13 @@ async fn run(config: Config) -> Result<(), Failed> {
     admin.attach(app.identity(), app.context().store.clone());
     let running = app.spawn(cancel.clone());
 
-    tokio::select! {
-        _ = cancel.cancelled() => {}
+    let unexpected = tokio::select! {
+        _ = cancel.cancelled() => false,
         _ = running.ended() => {
             admin.tasks_ended();
-            warn!("all tasks ended unexpectedly");
+            true
         }
-    }
+    };
     signals.abort();
     info!("shutting down; finishing in-flight writes");
     if !running.stop(DRAIN_TIMEOUT).await {
@@ -219,6 +219,9 @@ async fn run(config: Config) -> Result<(), Failed> {
     if let Some(server) = server {
         // Open connections get a moment to finish; the server stops taking new ones at once.
         let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    }
+    if unexpected {
+        return Err(anyhow::anyhow!("all tasks ended unexpectedly").into());
     }
     info!("berth stopped");
     Ok(())

@@ -131,13 +131,15 @@ impl Skip {
 pub fn plan_container(view: &ContainerView, settings: &Settings) -> Outcome {
     let mut notes = Notes::default();
     let (planned, autoheal, skipped) = match plan(view, settings, &mut notes) {
-        Ok((planned, autoheal)) => {
-            let skipped = planned.is_empty().then(|| {
-                if notes.0.iter().any(|n| n.level == Level::Warn) {
-                    Skip::InvalidLabels
-                } else {
-                    Skip::NoPorts
-                }
+        Ok(PlanResult {
+            planned,
+            autoheal,
+            ports,
+        }) => {
+            let skipped = planned.is_empty().then_some(if ports == 0 {
+                Skip::NoPorts
+            } else {
+                Skip::InvalidLabels
             });
             (planned, autoheal, skipped)
         }
@@ -164,13 +166,17 @@ pub fn plan_container(view: &ContainerView, settings: &Settings) -> Outcome {
     outcome
 }
 
+/// What [`plan`] decided for a container that passed the gate.
+struct PlanResult {
+    planned: Vec<Planned>,
+    autoheal: bool,
+    /// Registrable ports found (an empty plan with ports means the labels refused them).
+    ports: usize,
+}
+
 /// The instances of `view` and whether it asked for self-healing, or why it registers
 /// nothing.
-fn plan(
-    view: &ContainerView,
-    settings: &Settings,
-    notes: &mut Notes,
-) -> Result<(Vec<Planned>, bool), Skip> {
+fn plan(view: &ContainerView, settings: &Settings, notes: &mut Notes) -> Result<PlanResult, Skip> {
     if !view.running {
         notes.info("container is not running");
         return Err(Skip::NotRunning);
@@ -186,13 +192,15 @@ fn plan(
     let opted_in = gate(settings, &keys, notes)?;
     notes.extend(read_notes);
     let ports = ports::choose(view, settings, &keys, notes).ok_or(Skip::NoNetwork)?;
+    let port_count = ports.candidates.len();
     let specs = specs::build(view, settings, &keys, ports, opted_in, notes);
     let autoheal = autoheal(view, &keys, notes);
     let checked = checks::attach(view, settings, &keys, specs, notes);
-    Ok((
-        instances::from_specs(view, settings, checked, notes),
+    Ok(PlanResult {
+        planned: instances::from_specs(view, settings, checked, notes),
         autoheal,
-    ))
+        ports: port_count,
+    })
 }
 
 /// `berth.autoheal` or, failing that, the `autoheal` label other tools use.

@@ -130,7 +130,8 @@ pub struct State {
     pub ready: bool,
 }
 
-/// The agent's metrics. Cheap to share (`Arc`); every handle is an atomic.
+/// The agent's metrics, shared through the [`Observer`](super::Observer). Counters are
+/// atomics; histograms and families take prometheus-client's short in-memory locks.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -472,6 +473,34 @@ mod tests {
             Some(0.0)
         );
         assert!(text.contains(r#"le="0.0005""#) && text.contains(r#"le="10""#));
+    }
+
+    /// docs/operations.md lists every metric, so the page cannot fall behind the code.
+    #[test]
+    fn the_operations_page_lists_every_metric() {
+        let page = include_str!("../../../docs/operations.md");
+        let m = Metrics::new();
+        // A family is exported once it has a series: give each one.
+        m.docker_event(Some("start"));
+        let down = berth_registry::RegistryError::NotFound { id: "x".into() };
+        m.registry_call(RegistryOp::Register, Duration::ZERO, None);
+        m.registry_call(RegistryOp::Register, Duration::ZERO, Some(&down));
+        m.probe("tcp", berth_registry::Status::Passing, Duration::ZERO);
+        m.set_state(&State {
+            skipped: vec![("paused", 0)],
+            ..State::default()
+        });
+        let text = m.encode().unwrap();
+        let mut n = 0;
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let name = line.split(' ').nth(2).unwrap();
+            n += 1;
+            assert!(
+                page.contains(&format!("| `{name}` |")),
+                "docs/operations.md does not list `{name}`"
+            );
+        }
+        assert_eq!(n, 21, "every metric is exported here");
     }
 
     #[test]

@@ -42,8 +42,15 @@ impl Observer {
         let result = call.await;
         let took = started.elapsed();
         self.metrics.registry_call(op, took, result.as_ref().err());
+        let failed = match &result {
+            Err(RegistryError::Unavailable { .. } | RegistryError::Config(_)) => true,
+            // A refused heartbeat (an ACL token revoked) lets every TTL lapse: as bad as an
+            // outage. A refused write is about that one instance.
+            Err(RegistryError::Rejected { .. }) => op == RegistryOp::Heartbeat,
+            Err(RegistryError::NotFound { .. }) | Ok(_) => false,
+        };
         match &result {
-            Err(e @ (RegistryError::Unavailable { .. } | RegistryError::Config(_))) => self
+            Err(e) if failed => self
                 .ready
                 .registry_failed(&crate::telemetry::chain(e), Instant::now()),
             _ => self.ready.registry_answered(),

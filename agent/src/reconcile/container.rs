@@ -47,30 +47,33 @@ impl Outcome {
 }
 
 /// Waits for a permit, then reconciles `id`. `since`: when the Docker event that asked for
-/// this reconcile arrived, if one did; its first write is timed from then.
+/// this reconcile arrived, if one did; its first successful write is timed from then.
+/// Returns the outcome, and `since` again when no write succeeded (a retry times from it).
 pub async fn reconcile_container(
     ctx: &Context,
     id: &str,
     permits: &Semaphore,
     since: Option<Instant>,
-) -> Outcome {
+) -> (Outcome, Option<Instant>) {
     let Ok(_permit) = permits.acquire().await else {
         // Shutting down: the permits are closed.
-        return Outcome::Converged;
+        return (Outcome::Converged, None);
     };
     let span = info_span!("reconcile", container = %short_id(id));
     let started = Instant::now();
-    let (outcome, writes) = reconcile(ctx, id, since).instrument(span).await;
+    let mut since = since;
+    let (outcome, writes) = reconcile(ctx, id, &mut since).instrument(span).await;
     let metrics = &ctx.observe.metrics;
     metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
     metrics.reconcile_writes.observe(writes as f64);
-    outcome
+    (outcome, since)
 }
 
-/// Reconciles `id`; returns the outcome and the number of writes sent.
-async fn reconcile(ctx: &Context, id: &str, since: Option<Instant>) -> (Outcome, usize) {
+/// Reconciles `id`; returns the outcome and the number of writes sent. The first write that
+/// succeeds takes `since` and observes the event-to-write latency.
+async fn reconcile(ctx: &Context, id: &str, since: &mut Option<Instant>) -> (Outcome, usize) {
     let (mut outcome, name, image) = match ctx.docker.inspect(id).await {
         Ok(Some(view)) => {
             let outcome = labels::plan_container(&view, &ctx.settings);
@@ -90,9 +93,9 @@ async fn reconcile(ctx: &Context, id: &str, since: Option<Instant>) -> (Outcome,
             return (Outcome::Retry, 0);
         }
     };
-    apply_verdicts(ctx, id, &name, &mut outcome);
+    let withdrawn = apply_verdicts(ctx, id, &name, &mut outcome);
     if !name.is_empty() {
-        record_look(ctx, id, name, image, &outcome);
+        record_look(ctx, id, name, image, &outcome, withdrawn);
     }
 
     let plan = ctx
@@ -101,7 +104,6 @@ async fn reconcile(ctx: &Context, id: &str, since: Option<Instant>) -> (Outcome,
     ctx.store.keep_parked(id, plan.ops.iter().map(|op| op.id()));
     let mut result = Outcome::Converged;
     let mut writes = 0;
-    let mut since = since;
     for c in &plan.conflicts {
         // An id held by another container of this node is usually a container recreated
         // under the same name whose predecessor is being deregistered right now.
@@ -146,15 +148,25 @@ async fn reconcile(ctx: &Context, id: &str, since: Option<Instant>) -> (Outcome,
     (result, writes)
 }
 
-/// Keeps what this reconcile decided for the status output, and logs the decision when it
-/// changed: each label note once, and one line for a container that registers nothing.
-fn record_look(ctx: &Context, id: &str, name: String, image: String, outcome: &labels::Outcome) {
+/// Keeps what this reconcile decided for the status output (the label notes, then the notes
+/// of instances withdrawn for their health), and logs the decision when it changed: each
+/// label note once, and one line for a container that registers nothing.
+fn record_look(
+    ctx: &Context,
+    id: &str,
+    name: String,
+    image: String,
+    outcome: &labels::Outcome,
+    withdrawn: Vec<Note>,
+) {
+    let mut notes = outcome.notes.clone();
+    notes.extend(withdrawn);
     let look = Look {
         name,
         image,
         skipped: outcome.skipped,
         desired: outcome.instances.clone(),
-        notes: outcome.notes.clone(),
+        notes,
     };
     let before = ctx.store.look(id, look.clone());
     let (old_notes, old_skip) = match &before {
@@ -162,7 +174,7 @@ fn record_look(ctx: &Context, id: &str, name: String, image: String, outcome: &l
         None => (&[][..], None),
     };
     let container = short_id(id);
-    for note in look.notes.iter().filter(|n| !old_notes.contains(n)) {
+    for note in outcome.notes.iter().filter(|n| !old_notes.contains(n)) {
         let key = note.key.as_ref().map(|k| k.name.as_str());
         match note.level {
             Level::Warn => {
@@ -209,8 +221,9 @@ fn request_heal_if_unhealthy(ctx: &Context, view: &ContainerView) {
     );
 }
 
-/// Puts each probed instance's verdict on it, and leaves out the withdrawn ones.
-fn apply_verdicts(ctx: &Context, id: &str, name: &str, outcome: &mut labels::Outcome) {
+/// Puts each probed instance's verdict on it, and leaves out the withdrawn ones; returns a
+/// note for each of those.
+fn apply_verdicts(ctx: &Context, id: &str, name: &str, outcome: &mut labels::Outcome) -> Vec<Note> {
     let verdicts = ctx.prober.sync(id, name, outcome);
     // Instances without checks (Docker's health) show a self-healing restart too; probed
     // ones carry it in their verdict.
@@ -233,10 +246,13 @@ fn apply_verdicts(ctx: &Context, id: &str, name: &str, outcome: &mut labels::Out
             true
         }
     });
-    for w in withdrawn {
-        outcome.notes.push(Note::warn(format!(
-            "instance {w} has been critical longer than its deregister_after; withdrawn \
-             until its checks pass again"
-        )));
-    }
+    withdrawn
+        .into_iter()
+        .map(|w| {
+            Note::warn(format!(
+                "instance {w} has been critical longer than its deregister_after; withdrawn \
+                 until its checks pass again"
+            ))
+        })
+        .collect()
 }

@@ -8,7 +8,7 @@
 //!   [`Store`](super::store::Store) with it, then reconcile every container that Docker lists,
 //!   the registry holds, or that is being reconciled. Listings are numbered, and one older
 //!   than the listing already applied is ignored.
-//! - A listing that fails is retried with jittered backoff ([`Backoff::RETRY`]) until one
+//! - A listing that fails is retried with jittered backoff ([`Backoff::LISTING`]) until one
 //!   succeeds or a newer snapshot replaces it; the first listing applied, with each of its
 //!   containers reconciled once, makes the agent ready.
 //! - A reconcile that fails for a reason that may pass is retried with jittered backoff
@@ -57,6 +57,8 @@ enum Done {
     Container {
         id: String,
         outcome: Outcome,
+        /// The event time no write took (see `reconcile_container`).
+        since: Option<Instant>,
     },
     Retry(String),
     /// A failed listing's retry is due.
@@ -194,9 +196,12 @@ impl Controller {
         ids: Vec<String>,
     ) {
         // Everything the store knew before, too: a registration written while the listing
-        // was in flight is not in the listing, and must be reconciled (and so re-recorded).
+        // was in flight is not in the listing, and must be reconciled (and so re-recorded);
+        // and every container looked at before, so one removed while the event stream was
+        // down is found gone and leaves the status output.
         let mut all: HashSet<String> = ids.into_iter().collect();
         all.extend(self.ctx.store.containers());
+        all.extend(self.ctx.store.looked());
         all.extend(self.running.iter().cloned());
         match listing {
             Ok(listing) if seq > self.applied_seq => {
@@ -225,7 +230,7 @@ impl Controller {
                 // it again soon rather than at the next resync.
                 if seq == self.snapshot_seq && self.listing_retry.is_none() {
                     self.listing_failures = self.listing_failures.saturating_add(1);
-                    let delay = Backoff::RETRY.delay(self.listing_failures, &mut rand::rng());
+                    let delay = Backoff::LISTING.delay(self.listing_failures, &mut rand::rng());
                     let (cancel, ids) = (self.cancel.clone(), all.iter().cloned().collect());
                     let timer = self.jobs.spawn(async move {
                         tokio::select! {
@@ -250,8 +255,16 @@ impl Controller {
 
     fn on_done(&mut self, done: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
         match done {
-            Ok((task, Done::Container { id, outcome })) => {
+            Ok((task, Done::Container { id, outcome, since })) => {
                 self.tasks.remove(&task);
+                // An event whose reconcile wrote nothing yet (it failed, or is re-run) is
+                // still timed to the write that will come.
+                if let Some(at) = since
+                    && (outcome != Outcome::Converged || self.dirty.contains(&id))
+                {
+                    let t = self.since.entry(id.clone()).or_insert(at);
+                    *t = (*t).min(at);
+                }
                 self.container_done(id, outcome);
             }
             Ok((_, Done::Retry(id))) => {
@@ -278,8 +291,8 @@ impl Controller {
 
 /// One container's reconcile as a controller job.
 async fn job(ctx: Context, id: String, permits: Arc<Semaphore>, since: Option<Instant>) -> Done {
-    let outcome = reconcile_container(&ctx, &id, &permits, since).await;
-    Done::Container { id, outcome }
+    let (outcome, since) = reconcile_container(&ctx, &id, &permits, since).await;
+    Done::Container { id, outcome, since }
 }
 
 impl Reconciler {

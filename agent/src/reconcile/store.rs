@@ -311,6 +311,11 @@ impl Store {
         self.lock().instances.get(id).map(|i| i.name.clone())
     }
 
+    /// Every container a reconcile has looked at and not yet found gone.
+    pub fn looked(&self) -> Vec<String> {
+        self.lock().looks.keys().cloned().collect()
+    }
+
     /// Forgets a container that no longer exists.
     pub fn forget(&self, container: &str) {
         self.lock().looks.remove(container);

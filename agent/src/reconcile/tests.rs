@@ -638,3 +638,55 @@ async fn a_failed_listing_is_retried_until_the_registry_answers() {
     );
     h.stop().await;
 }
+
+/// Mechanism: `since` handed back by a reconcile whose writes failed. The event's latency
+/// covers the outage: it is timed to the write that finally lands, on a retry.
+#[tokio::test(start_paused = true)]
+async fn an_events_latency_includes_the_retries_until_its_write_lands() {
+    let h = harness(&[]).await;
+    h.docker.put(web("c1", 30001));
+    h.memory.set_unavailable(true);
+    h.triggers
+        .send(Trigger::Event {
+            container: "c1".into(),
+            at: Instant::now(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(h.observe.metrics.event_to_write.count(), 0);
+    h.memory.set_unavailable(false);
+    h.registered("c1", Duration::from_secs(30), &[&instance_id("c1")])
+        .await;
+    let m = &h.observe.metrics;
+    assert_eq!(m.event_to_write.count(), 1);
+    assert!(m.event_to_write.sum() >= 3.0, "{}", m.event_to_write.sum());
+    h.stop().await;
+}
+
+/// Mechanism: snapshots reconcile every container looked at before. A skipped container
+/// removed while no event told berth (the stream was down) leaves the status output at the
+/// next snapshot.
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_forgets_containers_removed_unseen() {
+    let h = harness(&[]).await;
+    let mut paused = web("c1", 30001);
+    paused.paused = true;
+    h.docker.put(paused);
+    h.trigger("c1").await;
+    until("c1 looked at", Duration::from_secs(5), || {
+        h.store.snapshot().looks.contains_key("c1")
+    })
+    .await;
+    assert_eq!(
+        h.store.snapshot().looks["c1"].skipped,
+        Some(crate::labels::Skip::Paused)
+    );
+    h.docker.remove("c1");
+    h.triggers.send(Trigger::Snapshot(vec![])).await.unwrap();
+    until("c1 forgotten", Duration::from_secs(5), || {
+        h.store.snapshot().looks.is_empty()
+    })
+    .await;
+    h.stop().await;
+}
