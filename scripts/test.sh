@@ -65,7 +65,7 @@ run clippy cargo clippy --workspace --all-targets -- -D warnings
 run build cargo build --workspace --all-targets
 test_log=$(mktemp -t berth-test.XXXXXX)
 trap 'rm -f "$test_log"' EXIT
-cargo_test() { cargo test --workspace -- --test-threads "$threads" 2>&1 | tee "$test_log"; }
+cargo_test() { cargo test --workspace --no-fail-fast -- --test-threads "$threads" 2>&1 | tee "$test_log"; }
 run test cargo_test
 
 summary

@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use berth_e2e::admin::{AdminClient, counter, sample};
@@ -23,6 +24,20 @@ use serde_json::Value;
 /// Long enough for a registry outage to outlast one TTL (3 s) and be noticed by the next
 /// heartbeat (every second), with slack for a loaded machine.
 const OUTAGE: Duration = Duration::from_secs(20);
+
+/// Every agent sees every container on the engine. The metrics scenario counts exact
+/// changes, so it holds this exclusively while the other scenarios of this file, which
+/// start containers, hold it shared (test binaries run one after another, so no other
+/// file's containers come and go meanwhile).
+static ENGINE: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    ENGINE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    ENGINE.write().unwrap_or_else(|e| e.into_inner())
+}
 
 fn httpd(test: &str, name: &str, extra: &[&str]) -> Container {
     let mut opts = vec!["-l".to_string(), format!("SERVICE_NAME={name}")];
@@ -61,6 +76,7 @@ fn wait_ready(env: &mut Env, admin: &AdminClient, timeout: Duration) {
 /// snapshot is applied; not ready again with the reason when the registry has been down for
 /// longer than one TTL; ready again once it is back. `/healthz` answers 200 throughout.
 fn readiness_follows_the_registry(kind: Kind) {
+    let _engine = shared();
     let mut env = Env::new("ready_registry", kind);
     let name = env.svc("web");
     let _c = httpd(env.test, &name, &[]);
@@ -92,7 +108,7 @@ fn readiness_follows_the_registry(kind: Kind) {
     );
 
     env.backend_resume();
-    wait_ready(&mut env, &admin, SETTLE * 2);
+    wait_ready(&mut env, &admin, SETTLE * 3);
     env.wait("the instance registered again", SETTLE, |b| {
         one_instance(b.instances(&name))
     });
@@ -101,16 +117,17 @@ fn readiness_follows_the_registry(kind: Kind) {
 
 /// Scrapes `/metrics` before and after a labelled container starts and stops: the counters
 /// move by what happened, the state gauges follow, and the text passes `promtool check
-/// metrics`.
+/// metrics`. Holds the engine exclusively, so this container is the only one that changes.
 fn metrics_count_a_container_start_and_stop(kind: Kind) {
+    let _engine = exclusive();
     let mut env = Env::new("metrics", kind);
     env.start_agent(&[]);
     let admin = env.agent().admin();
     wait_ready(&mut env, &admin, SETTLE);
     let name = env.svc("web");
-    let node = env.node.clone();
     let before = admin.metrics();
     promtool(&before);
+    let owned_before = sample(&before, "berth_instances_owned").unwrap();
 
     let mut c = httpd(
         env.test,
@@ -123,35 +140,72 @@ fn metrics_count_a_container_start_and_stop(kind: Kind) {
         ],
     );
     env.wait("registered", SETTLE, |b| one_instance(b.instances(&name)));
-    let id = format!("{node}:{}:80", c.name);
     let admin2 = admin.clone();
-    let started = env.wait("a probe result counted", SETTLE, |_| {
-        let m = admin2.metrics();
-        let probes = counter(&m, r#"berth_probes_total{kind="tcp",status="passing"}"#);
-        (probes >= 1.0)
-            .then_some(m)
-            .ok_or(format!("{probes} tcp probes"))
-    });
+    let started = env.wait(
+        "the passing result written, a heartbeat sent",
+        SETTLE,
+        |_| {
+            let m = admin2.metrics();
+            let passing = sample(&m, r#"berth_instances{health="passing"}"#).unwrap_or(0.0);
+            let moved = |series: &str| counter(&m, series) - counter(&before, series);
+            let health = moved(r#"berth_registry_writes_total{op="health"}"#);
+            let beats = moved(r#"berth_registry_writes_total{op="heartbeat"}"#);
+            (health >= 1.0 && passing >= 1.0 && beats >= 1.0)
+                .then_some(m.clone())
+                .ok_or(format!("{health} health writes, {beats} heartbeats"))
+        },
+    );
     promtool(&started);
     let delta = |after: &str, series: &str| counter(after, series) - counter(&before, series);
-    // Other tests' containers come and go on the same engine, and this agent sees them too;
-    // only this container is labelled with this run's service name, but events and
-    // registrations of other labelled containers count as well. Hence "at least" for
-    // engine-wide counters, and exact numbers for this agent's own state via /v1/status.
-    assert!(delta(&started, r#"berth_docker_events_total{action="start"}"#) >= 1.0);
-    assert!(delta(&started, r#"berth_registry_writes_total{op="register"}"#) >= 1.0);
-    assert!(
-        delta(&started, "berth_event_to_write_duration_seconds_count") >= 1.0,
+    assert_eq!(
+        delta(&started, r#"berth_docker_events_total{action="start"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(&started, r#"berth_registry_writes_total{op="register"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(&started, r#"berth_registry_writes_total{op="health"}"#),
+        1.0,
+        "critical at first, then passing"
+    );
+    assert_eq!(
+        delta(&started, r#"berth_registry_writes_total{op="deregister"}"#),
+        0.0
+    );
+    assert_eq!(
+        delta(&started, "berth_event_to_write_duration_seconds_count"),
+        1.0,
         "the start event's write was timed"
     );
-    assert!(delta(&started, "berth_reconcile_duration_seconds_count") >= 1.0);
-    let status = admin.status();
-    let mine = instances_named(&status, &name);
-    assert_eq!(mine.len(), 1, "{status:#}");
-    assert_eq!(mine[0]["id"], id.as_str());
     assert!(
-        sample(&started, "berth_instances_owned").unwrap() >= 1.0,
-        "{started}"
+        delta(
+            &started,
+            r#"berth_probes_total{kind="tcp",status="passing"}"#
+        ) >= 1.0
+    );
+    assert!(
+        delta(
+            &started,
+            r#"berth_probe_duration_seconds_count{kind="tcp"}"#
+        ) >= 1.0
+    );
+    assert!(delta(&started, "berth_reconcile_duration_seconds_count") >= 1.0);
+    assert_eq!(
+        sample(&started, "berth_instances_owned").unwrap(),
+        owned_before + 1.0
+    );
+    let registered = env.agent().records_with("registered");
+    let mine = registered
+        .iter()
+        .find(|r| r["container"] == c.id[..12] && r["service.name"] == name.as_str())
+        .unwrap_or_else(|| panic!("a registered line for {}", c.name));
+    assert_eq!(mine["op"], "register");
+    assert!(mine["took_ms"].as_f64().is_some(), "{mine}");
+    assert!(
+        mine["service.id"].as_str().unwrap().ends_with(":80"),
+        "{mine}"
     );
 
     c.rm();
@@ -164,27 +218,53 @@ fn metrics_count_a_container_start_and_stop(kind: Kind) {
     let admin3 = admin.clone();
     let stopped = env.wait("the deregistration counted", SETTLE, |_| {
         let m = admin3.metrics();
-        let n = counter(&m, r#"berth_registry_writes_total{op="deregister"}"#)
-            - counter(&started, r#"berth_registry_writes_total{op="deregister"}"#);
+        let n = delta(&m, r#"berth_registry_writes_total{op="deregister"}"#);
         (n >= 1.0)
             .then_some(m)
             .ok_or(format!("{n} deregistrations"))
     });
     promtool(&stopped);
-    assert!(delta(&stopped, r#"berth_docker_events_total{action="die"}"#) >= 1.0);
-    assert!(delta(&stopped, r#"berth_docker_events_total{action="destroy"}"#) >= 1.0);
-    assert!(instances_named(&admin.status(), &name).is_empty());
-    // Counters never go down.
-    for series in [
-        r#"berth_registry_writes_total{op="register"}"#,
-        "berth_snapshots_applied_total",
-        "berth_docker_connects_total",
-    ] {
-        assert!(
-            counter(&stopped, series) >= counter(&started, series),
-            "{series}"
-        );
-    }
+    assert_eq!(
+        delta(&stopped, r#"berth_registry_writes_total{op="deregister"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(&stopped, r#"berth_registry_writes_total{op="register"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(&stopped, r#"berth_docker_events_total{action="die"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(&stopped, "berth_event_to_write_duration_seconds_count"),
+        2.0,
+        "and the removal's"
+    );
+    assert_eq!(
+        sample(&stopped, "berth_instances_owned").unwrap(),
+        owned_before
+    );
+    let admin4 = admin.clone();
+    env.wait(
+        "the destroy event counted and the container forgotten",
+        SETTLE,
+        |_| {
+            let m = admin4.metrics();
+            let destroyed = delta(&m, r#"berth_docker_events_total{action="destroy"}"#);
+            let gone = container_named(&admin4.status(), &c.name).is_none();
+            (destroyed == 1.0 && gone)
+                .then_some(())
+                .ok_or(format!("{destroyed} destroy events, gone {gone}"))
+        },
+    );
+    let deregistered = env.agent().records_with("deregistered");
+    assert!(
+        deregistered.iter().any(|r| r["container"] == c.id[..12]
+            && r["service.name"] == name.as_str()
+            && r["op"] == "deregister"),
+        "a deregistered line with the container and the service name"
+    );
     assert_eq!(sample(&stopped, "berth_docker_connects_total"), Some(1.0));
     assert!(sample(&stopped, "berth_snapshots_applied_total").unwrap() >= 1.0);
 }
@@ -244,6 +324,7 @@ fn promtool(text: &str) {
 /// skipped for a bad label with the reason and the label's key, and an ignored one.
 #[test]
 fn status_lists_instances_and_skipped_containers() {
+    let _engine = shared();
     let mut env = Env::new("status", Kind::Consul);
     env.start_agent(&[]);
     let admin = env.agent().admin();
@@ -379,6 +460,7 @@ fn chromium(url: &str, png: &std::path::Path) -> String {
 /// kept in `target/e2e-artifacts/status-page.png`.
 #[test]
 fn status_page_renders_services_and_escapes_labels() {
+    let _engine = shared();
     let mut env = Env::new("page", Kind::Consul);
     env.start_agent(&[]);
     let admin = env.agent().admin();
@@ -444,6 +526,7 @@ fn status_page_renders_services_and_escapes_labels() {
 /// `BERTH_ADMIN_ADDR` disables the server while the agent runs.
 #[test]
 fn admin_address_in_use_is_exit_64_and_empty_disables_it() {
+    let _engine = shared();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let consul = ConsulServer::start();
@@ -502,6 +585,7 @@ fn admin_address_in_use_is_exit_64_and_empty_disables_it() {
 /// berth has reconnected and relisted.
 #[test]
 fn readiness_follows_the_docker_connection() {
+    let _engine = shared();
     let consul = ConsulServer::start();
     let port = free_port();
     let cut = relay(port);
@@ -552,3 +636,28 @@ berth_e2e::backend_tests!(
     readiness_follows_the_registry,
     metrics_count_a_container_start_and_stop
 );
+
+/// The sample alert rules pass `promtool check rules`, and `docs/operations.md` shows them
+/// as they are in the file.
+#[test]
+fn sample_alert_rules_are_valid_and_documented() {
+    let rules = workspace_root().join("docs").join("berth-alerts.yml");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool (scripts/install-deps.sh installs Debian's prometheus package)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("SUCCESS: 4 rules found"), "{said}");
+    let doc = std::fs::read_to_string(workspace_root().join("docs").join("operations.md")).unwrap();
+    let text = std::fs::read_to_string(&rules).unwrap();
+    assert!(
+        doc.contains(&text),
+        "docs/operations.md shows docs/berth-alerts.yml verbatim"
+    );
+}

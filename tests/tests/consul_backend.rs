@@ -458,9 +458,46 @@ struct CustomConsul {
 }
 
 impl CustomConsul {
-    /// Starts an agent in `dir` whose API listens on `port` (`http` or `https` as `scheme`
-    /// says), with `hcl` added to its configuration.
+    /// Starts an agent in `dir` whose API listens on a free port (`http` or `https` as
+    /// `scheme` says), with `hcl` added to its configuration. When it exits at once (another
+    /// process took one of its ports between picking and binding), it is started again on
+    /// fresh ports, up to three times.
     fn start(dir: PathBuf, scheme: &str, hcl: &str) -> CustomConsul {
+        let mut consul = CustomConsul {
+            child: None,
+            port: 0,
+            dir,
+        };
+        for attempt in 1..=3 {
+            consul.spawn(scheme, hcl);
+            let start = Instant::now();
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", consul.port)).is_ok() {
+                    return consul;
+                }
+                let exited = consul
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                if exited.is_some() || start.elapsed() > Duration::from_secs(30) {
+                    let log =
+                        std::fs::read_to_string(consul.dir.join("consul.log")).unwrap_or_default();
+                    assert!(attempt < 3, "consul did not start ({exited:?}):\n{log}");
+                    eprintln!("consul did not start ({exited:?}); retrying on fresh ports");
+                    if let Some(mut c) = consul.child.take() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        unreachable!("the last attempt asserts")
+    }
+
+    /// Starts the agent on fresh ports.
+    fn spawn(&mut self, scheme: &str, hcl: &str) {
         let port = free_port();
         let (http, https) = if scheme == "https" {
             (-1, i32::from(port))
@@ -476,18 +513,15 @@ impl CustomConsul {
             free_port(),
             free_port()
         );
-        let log = std::fs::File::create(dir.join("consul.log")).unwrap();
+        let log = std::fs::File::create(self.dir.join("consul.log")).unwrap();
         let child = berth_e2e::consul::dev_agent(&format!("custom-{port}"), &[&ports, hcl])
-            .current_dir(&dir)
+            .current_dir(&self.dir)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start consul");
-        CustomConsul {
-            child: Some(child),
-            port,
-            dir,
-        }
+        self.child = Some(child);
+        self.port = port;
     }
 
     fn addr(&self, scheme: &str) -> String {
