@@ -93,7 +93,8 @@ DOCKERFILE
   rm -rf "$ctx"
 fi
 
-# 4. Three sample containers (earlier ones are replaced).
+# 4. Five sample containers (earlier ones are replaced): three that register, one whose
+#    health check fails, one with a label berth refuses.
 down_samples() { docker rm -f $(docker ps -aq --filter "label=$label") >/dev/null 2>&1 || true; }
 down_samples
 serve="trap 'exit 0' TERM; httpd -p 81; httpd -f -p 80 & wait"
@@ -103,6 +104,10 @@ docker run -d --name berth-demo-web --label "$label" -l SERVICE_NAME=web -l SERV
 docker run -d --name berth-demo-pair --label "$label" -l SERVICE_NAME=pair \
   -p 80 -p 81 "$image" sh -c "$serve" >/dev/null
 docker run -d --name berth-demo-api --label "$label" -l berth.name=api -l berth.tags=v1,internal \
+  -p 80 "$image" sh -c "$serve" >/dev/null
+docker run -d --name berth-demo-shop --label "$label" -l berth.name=shop -l berth.check.http=/health \
+  -l berth.check.interval=5s -p 80 "$image" sh -c "$serve" >/dev/null
+docker run -d --name berth-demo-typo --label "$label" -l 'berth.name=!!!' \
   -p 80 "$image" sh -c "$serve" >/dev/null
 docker ps --filter "label=$label" --format '    {{.Names}}\t{{.Ports}}'
 
@@ -114,6 +119,9 @@ trap 'echo; say "berth stopped; removing the sample containers"; down_samples' E
 
 cat <<HELP
 ==> berth is starting (Ctrl-C stops it and removes the samples). Meanwhile, look at:
+    berth's status page:  http://127.0.0.1:9797/   (shop fails its check; typo has a bad label)
+    curl -s 127.0.0.1:9797/readyz; curl -s 127.0.0.1:9797/metrics | grep '^berth_instances'
+    $target/debug/berth explain berth-demo-typo --node-name $node --host-ip 127.0.0.1
     Consul UI:  http://127.0.0.1:8500/ui
     curl -s 127.0.0.1:8500/v1/health/service/web | jq '.[] | {ID: .Service.ID, Port: .Service.Port, Checks: [.Checks[].Status]}'
     curl -s 127.0.0.1:8500/v1/catalog/services | jq
