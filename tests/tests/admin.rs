@@ -236,11 +236,10 @@ fn metrics_count_a_container_start_and_stop(kind: Kind) {
         delta(&stopped, r#"berth_docker_events_total{action="die"}"#),
         1.0
     );
-    assert_eq!(
-        delta(&stopped, "berth_event_to_write_duration_seconds_count"),
-        2.0,
-        "and the removal's"
-    );
+    // The removal's write is timed from its event unless the probe saw the container die
+    // first: then a probe recheck, which no event asked for, made the write.
+    let timed = delta(&stopped, "berth_event_to_write_duration_seconds_count");
+    assert!((1.0..=2.0).contains(&timed), "{timed} timed writes");
     assert_eq!(
         sample(&stopped, "berth_instances_owned").unwrap(),
         owned_before

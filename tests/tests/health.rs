@@ -789,6 +789,20 @@ fn autoheal_restarts_up_to_the_limit(kind: Kind) {
             &healed.id[..12],
         ));
     }
+    // And counted: this scenario holds the engine, so every restart is of `healed`.
+    let metrics = env.agent().admin().metrics();
+    let count = |series: &str| berth_e2e::admin::counter(&metrics, series);
+    if count("berth_autoheal_restarts_total") != 2.0 || count("berth_autoheal_refused_total") < 1.0
+    {
+        env.fail(&format!(
+            "want berth_autoheal_restarts_total 2 and berth_autoheal_refused_total >= 1:\n{}",
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("berth_autoheal"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ));
+    }
     // The restarts are shown on the instance's health output, next to the failing probe.
     let want = env.published(&healed_name, &healed, 80);
     env.wait("the restarts shown in the health output", PROBE, |b| {
