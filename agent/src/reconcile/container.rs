@@ -160,7 +160,7 @@ fn record_look(
     withdrawn: Vec<Note>,
 ) {
     let mut notes = outcome.notes.clone();
-    notes.extend(withdrawn);
+    notes.extend(withdrawn.iter().cloned());
     let look = Look {
         name,
         image,
@@ -174,23 +174,28 @@ fn record_look(
         None => (&[][..], None),
     };
     let container = short_id(id);
+    let name = look.name.as_str();
     for note in outcome.notes.iter().filter(|n| !old_notes.contains(n)) {
         let key = note.key.as_ref().map(|k| k.name.as_str());
         match note.level {
             Level::Warn => {
                 ctx.observe.metrics.label_errors.inc();
-                warn!(container, container.name = %look.name, label = key, note = %note.message, "label problem")
+                warn!(container, container.name = %name, label = key, note = %note.message, "label problem")
             }
             Level::Info => {
-                debug!(container, container.name = %look.name, label = key, note = %note.message, "label note")
+                debug!(container, container.name = %name, label = key, note = %note.message, "label note")
             }
         }
+    }
+    for note in withdrawn.iter().filter(|n| !old_notes.contains(n)) {
+        info!(container, container.name = %name, note = %note.message, "instance withdrawn");
     }
     if let Some(skip) = look.skipped
         && old_skip != Some(skip)
     {
-        // The notes say why in words; the first one is the decisive one for most reasons.
-        let why = look
+        // The notes say why in words; the note that decided it (the gate's, or the last
+        // stage's) comes last.
+        let why = outcome
             .notes
             .last()
             .map(|n| n.message.as_str())
