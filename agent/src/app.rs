@@ -10,6 +10,7 @@
 //!          probe::Prober (check tasks) ──recheck (verdict changed)──▶ Reconciler
 //!          heal::run ──restart──▶ Docker; ──on_restart──▶ Prober
 //!  Registry::maintain (etcd lease keep-alive) ──resync_now (lease lost)──▶ source::run
+//!  every task ──counts, times, answered?──▶ observe::Observer ◀── admin server (main.rs)
 //! ```
 
 use std::net::IpAddr;

@@ -2,9 +2,10 @@
 //!
 //! [`run`] is the long-running task. After every (re)connect, every `--resync` tick and every
 //! resync the registry asks for, it sends a [`Trigger::Snapshot`] with every container Docker
-//! has; in between it turns each relevant event into a [`Trigger::Container`]. Triggers carry
-//! only container ids: the reconciler inspects the container itself, so the event type never
-//! matters and a burst of events for one container collapses into one reconcile.
+//! has; in between it turns each relevant event into a [`Trigger::Event`] (the container id
+//! and when the event arrived) and counts every event in the metrics. Triggers carry only
+//! container ids and times: the reconciler inspects the container itself, so the event type
+//! never matters and a burst of events for one container collapses into one reconcile.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -11,7 +11,8 @@
 //! - [`container`]: one container's reconcile: inspect → labels → probe verdicts → plan →
 //!   apply.
 //! - [`apply`]: where a write leaves for the registry, and is recorded in the store.
-//! - [`store`]: what this node owns, the heartbeat schedule, parked writes, label notes.
+//! - [`store`]: what this node owns, the heartbeat schedule, parked writes, and what each
+//!   container's latest reconcile decided (`Look`, for the status output).
 //! - [`heartbeat`]: the task that keeps every owned instance alive.
 
 pub mod apply;
