@@ -24,7 +24,8 @@ pub fn op_kind(op: &Op) -> RegistryOp {
     }
 }
 
-fn took_ms(took: Duration) -> f64 {
+/// A duration as milliseconds with two decimals, for the `took_ms` log field.
+pub fn took_ms(took: Duration) -> f64 {
     (took.as_secs_f64() * 1e5).round() / 100.0
 }
 

@@ -45,7 +45,7 @@ pub async fn run(
                     let (r, took) = observe
                         .registry(RegistryOp::Heartbeat, registry.heartbeat(&id))
                         .await;
-                    debug!(service.id = %id, op = %RegistryOp::Heartbeat, took_ms = took.as_secs_f64() * 1e3, ok = r.is_ok(), "heartbeat");
+                    debug!(service.id = %id, op = %RegistryOp::Heartbeat, took_ms = super::apply::took_ms(took), ok = r.is_ok(), "heartbeat");
                     (id, r)
                 }
             })
