@@ -56,6 +56,22 @@ pub enum Command {
     Lookup(Box<LookupArgs>),
     /// Print what `berth run` would register for one container, and why (reads Docker only).
     Explain(Box<ExplainArgs>),
+    /// Ask a running agent's admin server whether it is live (`/healthz`) or ready
+    /// (`--ready`, `/readyz`): exit 0 when it answers 200, else 1 with the reason. For
+    /// container health checks: the image has no shell or curl.
+    Health(Box<HealthArgs>),
+}
+
+/// `berth health`: the admin address comes from the same flag, variable or file as `run`'s.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Ask `/readyz` instead of `/healthz`.
+    #[arg(long)]
+    pub ready: bool,
+    #[command(flatten)]
+    pub registry: RegistryConfig,
+    #[command(flatten)]
+    pub agent: AgentConfig,
 }
 
 /// `berth explain <container>`: the settings of `berth run`, so they change the answer alike.
@@ -272,6 +288,10 @@ pub enum Invocation {
         json: bool,
         config: Box<Config>,
     },
+    Health {
+        ready: bool,
+        config: Box<Config>,
+    },
 }
 
 /// Reads environment variables. The process environment in production, a map in tests.
@@ -350,6 +370,14 @@ where
             Invocation::Explain {
                 container: args.container,
                 json: args.json,
+                config: Box::new(Config::load(file, &given, env)?),
+            }
+        }
+        (Command::Health(args), Some((_, sub))) => {
+            let mut given = given(&args.registry, sub)?;
+            given.extend(self::given(&args.agent, sub)?);
+            Invocation::Health {
+                ready: args.ready,
                 config: Box::new(Config::load(file, &given, env)?),
             }
         }

@@ -58,6 +58,7 @@ fn main() -> ExitCode {
             json,
             config,
         } => return explain(&config, &container, json),
+        Invocation::Health { ready, config } => return health(&config, ready),
     };
     berth::telemetry::init(config.agent.log_format);
 
@@ -138,6 +139,39 @@ fn explain(config: &Config, container: &str, json: bool) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `berth health`: one request to the admin server; exit 0 on 200, else 1 with the reason.
+fn health(config: &Config, ready: bool) -> ExitCode {
+    let addr = match config.admin_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("berth: {}", chain(&e));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+        .and_then(|rt| {
+            let answer = rt.block_on(admin::health::check(addr, ready));
+            answer.map_err(|e| anyhow::anyhow!(chain(&e)))
+        });
+    match result {
+        Ok(body) => {
+            if print(&format!("{body}\n")) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! A real `consul agent -dev` per test, on free ports.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -227,13 +228,122 @@ impl Drop for ConsulServer {
     }
 }
 
+/// A dev agent with extra configuration the shared harness does not offer (ACLs, TLS).
+#[derive(Debug)]
+pub struct CustomConsul {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl CustomConsul {
+    /// Starts an agent in `dir` whose API listens on a free port (`http` or `https` as
+    /// `scheme` says), with `hcl` added to its configuration. When it exits at once (another
+    /// process took one of its ports between picking and binding), it is started again on
+    /// fresh ports, up to three times.
+    pub fn start(dir: PathBuf, scheme: &str, hcl: &str) -> CustomConsul {
+        let mut consul = CustomConsul {
+            child: None,
+            port: 0,
+            dir,
+        };
+        for attempt in 1..=3 {
+            consul.spawn(scheme, hcl);
+            let start = Instant::now();
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", consul.port)).is_ok() {
+                    return consul;
+                }
+                let exited = consul
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                if exited.is_some() || start.elapsed() > Duration::from_secs(30) {
+                    let log =
+                        std::fs::read_to_string(consul.dir.join("consul.log")).unwrap_or_default();
+                    assert!(attempt < 3, "consul did not start ({exited:?}):\n{log}");
+                    eprintln!("consul did not start ({exited:?}); retrying on fresh ports");
+                    if let Some(mut c) = consul.child.take() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        unreachable!("the last attempt asserts")
+    }
+
+    /// Starts the agent on fresh ports.
+    fn spawn(&mut self, scheme: &str, hcl: &str) {
+        let port = free_port();
+        let (http, https) = if scheme == "https" {
+            (-1, i32::from(port))
+        } else {
+            (i32::from(port), -1)
+        };
+        let ports = format!(
+            "ports {{ http = {http} https = {https} dns = {} serf_lan = {} serf_wan = {} \
+             server = {} grpc = {} }}",
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port()
+        );
+        let log = std::fs::File::create(self.dir.join("consul.log")).unwrap();
+        let child = dev_agent(&format!("custom-{port}"), &[&ports, hcl])
+            .current_dir(&self.dir)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start consul");
+        self.child = Some(child);
+        self.port = port;
+    }
+
+    pub fn addr(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The API port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("consul.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for CustomConsul {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Makes a CA, a server certificate (for 127.0.0.1 and localhost) and a client certificate in
 /// `dir` with `consul tls` (files `consul-agent-ca.pem`, `dc1-server-consul-0{,-key}.pem`,
 /// `dc1-client-consul-0{,-key}.pem`). Used for Consul's and etcd's TLS tests.
 pub fn make_certs(dir: &std::path::Path) {
+    make_certs_for(dir, &[]);
+}
+
+/// [`make_certs`] with more DNS names in the server certificate.
+pub fn make_certs_for(dir: &std::path::Path, dns_names: &[&str]) {
+    let mut server = vec!["tls", "cert", "create", "-server", "-dc", "dc1"];
+    for name in dns_names {
+        server.extend(["-additional-dnsname", name]);
+    }
     for args in [
         &["tls", "ca", "create"][..],
-        &["tls", "cert", "create", "-server", "-dc", "dc1"],
+        &server,
         &["tls", "cert", "create", "-client", "-dc", "dc1"],
     ] {
         let out = Command::new("consul")

@@ -373,8 +373,9 @@ impl Drop for TempDir {
     }
 }
 
-/// A socat relay from 127.0.0.1:`port` to the local Docker socket, standing in for a
-/// TCP-exposed engine that a test can cut (drop it) and bring back (start another).
+/// A socat relay, standing in for a TCP-exposed engine ([`relay`]) or putting a loopback
+/// service on another address ([`tcp_relay`]); a test can cut it (drop it) and bring it
+/// back (start another).
 #[derive(Debug)]
 pub struct Relay(std::process::Child);
 
@@ -388,13 +389,27 @@ impl Drop for Relay {
     }
 }
 
-/// Starts a [`Relay`] on `port` and waits until it accepts connections.
+/// A relay from 127.0.0.1:`port` to the local Docker socket, once it accepts connections.
 pub fn relay(port: u16) -> Relay {
+    socat(
+        "127.0.0.1",
+        port,
+        "UNIX-CONNECT:/var/run/docker.sock".to_owned(),
+    )
+}
+
+/// A relay from `bind`:`port` to 127.0.0.1:`to`, once it accepts connections: a service
+/// that listens on loopback only, reachable from containers at a bridge's gateway.
+pub fn tcp_relay(bind: &str, port: u16, to: u16) -> Relay {
+    socat(bind, port, format!("TCP:127.0.0.1:{to}"))
+}
+
+fn socat(bind: &str, port: u16, to: String) -> Relay {
     use std::os::unix::process::CommandExt;
     let relay = Relay(
         Command::new("socat")
-            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
-            .arg("UNIX-CONNECT:/var/run/docker.sock")
+            .arg(format!("TCP-LISTEN:{port},bind={bind},fork,reuseaddr"))
+            .arg(to)
             .process_group(0)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -402,7 +417,57 @@ pub fn relay(port: u16) -> Relay {
             .expect("socat (scripts/install-deps.sh installs it)"),
     );
     wait_for("the tcp relay", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        std::net::TcpStream::connect((bind, port)).ok()
     });
     relay
+}
+
+/// The gateway address of Docker network `net` (the host's end of a bridge).
+pub fn gateway(net: &str) -> String {
+    docker(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{range .IPAM.Config}}{{if .Gateway}}{{.Gateway}} {{end}}{{end}}",
+        net,
+    ])
+    .split_whitespace()
+    .find(|g| !g.contains(':'))
+    .unwrap_or_else(|| panic!("network {net} has no IPv4 gateway"))
+    .to_owned()
+}
+
+/// The group of the Docker socket, for `--group-add` of a non-root berth container.
+pub fn socket_gid() -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/var/run/docker.sock")
+        .expect("stat /var/run/docker.sock")
+        .gid()
+        .to_string()
+}
+
+/// Tag of the berth image the deployment tests use.
+pub const BERTH_IMAGE: &str = "berth:e2e";
+
+/// Builds [`BERTH_IMAGE`] with `deploy/build-image.sh` once per process (the release build
+/// and the image layer are cached, so a second run takes seconds) and returns its tag.
+pub fn berth_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/build-image.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["--tag", BERTH_IMAGE])
+            .output()
+            .expect("run deploy/build-image.sh");
+        assert!(
+            out.status.success(),
+            "deploy/build-image.sh failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    });
+    BERTH_IMAGE
 }

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod agent;
 pub mod backend;
 pub mod consul;
+pub mod dns;
 pub mod docker;
 pub mod env;
 pub mod etcd;

@@ -8,12 +8,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_e2e::consul::ConsulServer;
-use berth_e2e::{Rt, free_port, wait_for};
+use berth_e2e::consul::{ConsulServer, CustomConsul};
+use berth_e2e::{Rt, wait_for};
 use berth_registry::consul::{ConsulConfig, ConsulRegistry};
 use berth_registry::{
     Health, Instance, META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_MANAGED, META_NODE,
@@ -450,105 +448,16 @@ fn lookup_takes_local_output_from_the_agent_and_skips_other_services() {
     assert_eq!(all[0].health, Health::passing("200 OK (3 ms)"));
 }
 
-/// A dev agent with extra configuration the shared harness does not offer (ACLs, TLS).
-struct CustomConsul {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl CustomConsul {
-    /// Starts an agent in `dir` whose API listens on a free port (`http` or `https` as
-    /// `scheme` says), with `hcl` added to its configuration. When it exits at once (another
-    /// process took one of its ports between picking and binding), it is started again on
-    /// fresh ports, up to three times.
-    fn start(dir: PathBuf, scheme: &str, hcl: &str) -> CustomConsul {
-        let mut consul = CustomConsul {
-            child: None,
-            port: 0,
-            dir,
-        };
-        for attempt in 1..=3 {
-            consul.spawn(scheme, hcl);
-            let start = Instant::now();
-            loop {
-                if std::net::TcpStream::connect(("127.0.0.1", consul.port)).is_ok() {
-                    return consul;
-                }
-                let exited = consul
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten());
-                if exited.is_some() || start.elapsed() > Duration::from_secs(30) {
-                    let log =
-                        std::fs::read_to_string(consul.dir.join("consul.log")).unwrap_or_default();
-                    assert!(attempt < 3, "consul did not start ({exited:?}):\n{log}");
-                    eprintln!("consul did not start ({exited:?}); retrying on fresh ports");
-                    if let Some(mut c) = consul.child.take() {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                    }
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        unreachable!("the last attempt asserts")
-    }
-
-    /// Starts the agent on fresh ports.
-    fn spawn(&mut self, scheme: &str, hcl: &str) {
-        let port = free_port();
-        let (http, https) = if scheme == "https" {
-            (-1, i32::from(port))
-        } else {
-            (i32::from(port), -1)
-        };
-        let ports = format!(
-            "ports {{ http = {http} https = {https} dns = {} serf_lan = {} serf_wan = {} \
-             server = {} grpc = {} }}",
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port()
+/// Waits until `reg` can list `consul`.
+fn wait_ready(consul: &CustomConsul, rt: &Rt, reg: &ConsulRegistry) {
+    let start = Instant::now();
+    while let Err(e) = rt.run(reg.list()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "consul did not come up: {e:?}\n{}",
+            consul.log()
         );
-        let log = std::fs::File::create(self.dir.join("consul.log")).unwrap();
-        let child = berth_e2e::consul::dev_agent(&format!("custom-{port}"), &[&ports, hcl])
-            .current_dir(&self.dir)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start consul");
-        self.child = Some(child);
-        self.port = port;
-    }
-
-    fn addr(&self, scheme: &str) -> String {
-        format!("{scheme}://127.0.0.1:{}", self.port)
-    }
-
-    /// Waits until `reg` can list the agent.
-    fn wait_ready(&self, rt: &Rt, reg: &ConsulRegistry) {
-        let start = Instant::now();
-        while let Err(e) = rt.run(reg.list()) {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "consul did not come up: {e:?}\n{}",
-                std::fs::read_to_string(self.dir.join("consul.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for CustomConsul {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -566,7 +475,7 @@ fn with_acls_the_token_is_sent_and_denials_are_rejected() {
     })
     .unwrap();
     assert!(!format!("{reg:?}").contains("berth-root"));
-    consul.wait_ready(&rt, &reg);
+    wait_ready(&consul, &rt, &reg);
     let web = instance("node1:web:80", "web", Health::passing("ok"));
 
     // Without a token: denied, and not worth retrying.
@@ -620,7 +529,7 @@ fn tls_with_a_private_ca_and_a_client_certificate() {
         ..config(&consul.addr("https"))
     };
     let reg = ConsulRegistry::new(tls.clone()).unwrap();
-    consul.wait_ready(&rt, &reg);
+    wait_ready(&consul, &rt, &reg);
 
     let web = instance("node1:web:80", "web", Health::passing("ok"));
     rt.run(reg.register(&web)).unwrap();

@@ -12,6 +12,7 @@
 //! copies what it shows from the store under its lock ([`Store::snapshot`]) and renders after
 //! releasing it: no lock is held across I/O.
 
+pub mod health;
 pub mod page;
 pub mod status;
 
