@@ -574,6 +574,46 @@ fn rise_and_fall_thresholds(kind: Kind) {
     });
 }
 
+/// A restarted agent keeps a probed instance's registered health until its own probes
+/// answer: the checks' initial status (critical) is not written over a passing instance
+/// while the first probe is pending. With an 8 s interval the new agent's first probe comes
+/// up to 8 s after it starts (a random share of the interval), so an agent that wrote its
+/// initial status would show the instance critical for seconds within the 10 s hold.
+fn a_restarted_agent_keeps_the_registered_health_until_its_probes_answer(kind: Kind) {
+    let _engine = shared();
+    let mut env = Env::new("restartkeep", kind);
+    let name = env.svc("web");
+    env.start_agent(&[]);
+    let ctr = probed_httpd(
+        env.test,
+        &[
+            format!("SERVICE_NAME={name}"),
+            "berth.check.http=/health".into(),
+            "berth.check.interval=8s".into(),
+        ],
+        &[],
+        true,
+    );
+    let want = env.published(&name, &ctr, 80);
+    env.wait("passing", PROBE + Duration::from_secs(8), |b| {
+        health_is(b, &want, "passing", &["HTTP GET"])
+    });
+
+    env.start_agent(&[]);
+    env.hold(
+        "passing throughout the new agent's start and first probe",
+        Duration::from_secs(10),
+        |b| health_is(b, &want, "passing", &[]).map(|_| ()),
+    );
+    // It does follow its probes: a broken endpoint turns it critical.
+    set_health(&ctr, false);
+    env.wait(
+        "critical once /health is gone",
+        PROBE + Duration::from_secs(8),
+        |b| health_is(b, &want, "critical", &["404"]),
+    );
+}
+
 /// `SERVICE_CHECK_DEREGISTER_AFTER`: an instance critical for longer is withdrawn from the
 /// registry while its probe keeps running, and registered again, passing, once it recovers.
 fn deregister_after_withdraws_until_it_passes(kind: Kind) {
@@ -903,6 +943,7 @@ fn autoheal_restarts_a_docker_unhealthy_container(kind: Kind) {
 berth_e2e::backend_tests!(
     consul: [
         http_probe_follows_the_endpoint,
+        a_restarted_agent_keeps_the_registered_health_until_its_probes_answer,
         dns_drops_a_failing_instance,
         tcp_probe_on_open_and_closed_ports,
         explicit_probe_overrides_docker_healthcheck,
@@ -913,6 +954,7 @@ berth_e2e::backend_tests!(
     ],
     etcd: [
         http_probe_follows_the_endpoint,
+        a_restarted_agent_keeps_the_registered_health_until_its_probes_answer,
         tcp_probe_on_open_and_closed_ports,
         tcp_probe_is_not_fooled_by_the_docker_proxy,
         explicit_probe_overrides_docker_healthcheck,

@@ -129,6 +129,11 @@ pub struct Verdict {
     pub health: Health,
     /// Critical for longer than `deregister_after`: not registered until it passes again.
     pub withdrawn: bool,
+    /// The status rests on a check's initial status, not on a probe result (a check has no
+    /// result yet, and none that has is critical). The reconciler does not let it overwrite
+    /// a health already in the registry: an agent that restarts keeps its instances'
+    /// registered health until its own probes answer.
+    pub provisional: bool,
 }
 
 /// One check of a tracked instance.
@@ -210,12 +215,21 @@ impl Tracked {
             output.push('\n');
             output.push_str(note);
         }
+        let unresolved = self
+            .checks
+            .values()
+            .any(|c| c.thresholds.status().is_none());
+        let resolved_critical = self
+            .checks
+            .values()
+            .any(|c| c.thresholds.status() == Some(Status::Critical));
         Verdict {
             health: Health {
                 status,
                 output: berth_registry::limits::truncate_output(&output).to_owned(),
             },
             withdrawn: self.withdrawn(now),
+            provisional: unresolved && !resolved_critical,
         }
     }
 }
@@ -366,6 +380,7 @@ impl<P: Probe> Prober<P> {
                     reported: Verdict {
                         health: Health::critical(""),
                         withdrawn: false,
+                        provisional: true,
                     },
                     reported_note: None,
                 };

@@ -398,9 +398,11 @@ async fn deregister_after_withdraws_until_the_check_passes() {
     if let Some(p) = o.probes.get_mut("web") {
         p.deregister_after = Some(Duration::from_secs(5));
     }
-    h.prober.sync("c", "web", &o);
+    assert!(h.prober.sync("c", "web", &o)["web"].provisional);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!h.prober.sync("c", "web", &o)["web"].withdrawn);
+    let v = h.prober.sync("c", "web", &o);
+    assert!(!v["web"].withdrawn);
+    assert!(!v["web"].provisional, "a critical result is a result");
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(h.prober.sync("c", "web", &o)["web"].withdrawn);
     drain(&mut h.triggers);
@@ -428,15 +430,15 @@ async fn an_instance_id_taken_over_by_a_new_container_starts_afresh() {
     let v = h.prober.sync("new", "web", &o);
     assert_eq!(v["web"].health.status, Status::Critical, "no result yet");
     assert!(v["web"].health.output.contains("no result yet"));
+    assert!(v["web"].provisional, "the initial status, not a result");
     h.prober.sync("old", "web", &Outcome::default());
     h.prober.forget("old");
     assert_eq!(h.prober.check_count(), 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(drain(&mut h.triggers), vec!["new".to_owned()]);
-    assert_eq!(
-        h.prober.sync("new", "web", &o)["web"].health.status,
-        Status::Passing
-    );
+    let v = h.prober.sync("new", "web", &o);
+    assert_eq!(v["web"].health.status, Status::Passing);
+    assert!(!v["web"].provisional);
     h.cancel.cancel();
 }
 

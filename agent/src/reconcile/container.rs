@@ -5,6 +5,7 @@
 //!
 //! [`Store::plan_container`]: super::store::Store::plan_container
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use berth_registry::RegistryError;
@@ -93,14 +94,14 @@ async fn reconcile(ctx: &Context, id: &str, since: &mut Option<Instant>) -> (Out
             return (Outcome::Retry, 0);
         }
     };
-    let withdrawn = apply_verdicts(ctx, id, &name, &mut outcome);
+    let (withdrawn, provisional) = apply_verdicts(ctx, id, &name, &mut outcome);
     if !name.is_empty() {
         record_look(ctx, id, name, image, &outcome, withdrawn);
     }
 
     let plan = ctx
         .store
-        .plan_container(&ctx.settings.node, id, &outcome.instances);
+        .plan_container(&ctx.settings.node, id, &outcome.instances, &provisional);
     ctx.store.keep_parked(id, plan.ops.iter().map(|op| op.id()));
     let mut result = Outcome::Converged;
     let mut writes = 0;
@@ -227,13 +228,20 @@ fn request_heal_if_unhealthy(ctx: &Context, view: &ContainerView) {
 }
 
 /// Puts each probed instance's verdict on it, and leaves out the withdrawn ones; returns a
-/// note for each of those.
-fn apply_verdicts(ctx: &Context, id: &str, name: &str, outcome: &mut labels::Outcome) -> Vec<Note> {
+/// note for each of those, and the ids whose health is only provisional (no probe result
+/// yet: see [`Verdict::provisional`](crate::probe::Verdict::provisional)).
+fn apply_verdicts(
+    ctx: &Context,
+    id: &str,
+    name: &str,
+    outcome: &mut labels::Outcome,
+) -> (Vec<Note>, BTreeSet<String>) {
     let verdicts = ctx.prober.sync(id, name, outcome);
     // Instances without checks (Docker's health) show a self-healing restart too; probed
     // ones carry it in their verdict.
     let heal_note = ctx.prober.heal_note(id);
     let mut withdrawn = Vec::new();
+    let mut provisional = BTreeSet::new();
     outcome.instances.retain_mut(|i| match verdicts.get(&i.id) {
         Some(v) if v.withdrawn => {
             withdrawn.push(i.id.clone());
@@ -241,6 +249,9 @@ fn apply_verdicts(ctx: &Context, id: &str, name: &str, outcome: &mut labels::Out
         }
         Some(v) => {
             i.health = v.health.clone();
+            if v.provisional {
+                provisional.insert(i.id.clone());
+            }
             true
         }
         None => {
@@ -251,7 +262,7 @@ fn apply_verdicts(ctx: &Context, id: &str, name: &str, outcome: &mut labels::Out
             true
         }
     });
-    withdrawn
+    let notes = withdrawn
         .into_iter()
         .map(|w| {
             Note::warn(format!(
@@ -259,5 +270,6 @@ fn apply_verdicts(ctx: &Context, id: &str, name: &str, outcome: &mut labels::Out
                  until its checks pass again"
             ))
         })
-        .collect()
+        .collect();
+    (notes, provisional)
 }

@@ -48,12 +48,16 @@ pub struct Plan {
 ///   become conflicts, never writes.
 /// - Nothing is planned for an instance whose registration and health are unchanged, unless
 ///   the registry will drop it unless written again (`is_stale`): then it is registered anew.
+/// - A `provisional` desired health (no probe result yet) never replaces the owned health of
+///   the same container: a restarted agent keeps what the registry says until its probes
+///   answer. New instances, and a new container taking over an id, start with it.
 pub fn plan(
     node: &str,
     desired: &[Instance],
     owned: &[Instance],
     is_foreign: impl Fn(&str) -> bool,
     is_stale: impl Fn(&str) -> bool,
+    is_provisional: impl Fn(&str) -> bool,
 ) -> Plan {
     let owned: BTreeMap<&str, &Instance> = owned
         .iter()
@@ -73,20 +77,33 @@ pub fn plan(
             });
             continue;
         }
-        match owned.get(d.id.as_str()) {
-            None if is_foreign(&d.id) => conflicts.push(Conflict {
-                id: d.id.clone(),
-                reason: "the registry already has this id from another owner; not overwriting it",
-            }),
-            None => registers.push(Op::Register(d.clone())),
-            Some(o) if !o.same_registration(d) || is_stale(&d.id) => {
-                registers.push(Op::Register(d.clone()))
+        let Some(o) = owned.get(d.id.as_str()) else {
+            if is_foreign(&d.id) {
+                conflicts.push(Conflict {
+                    id: d.id.clone(),
+                    reason: "the registry already has this id from another owner; not overwriting it",
+                });
+            } else {
+                registers.push(Op::Register(d.clone()));
             }
-            Some(o) if o.health != d.health => healths.push(Op::SetHealth {
+            continue;
+        };
+        // Only for the same container: a new one taking over the id starts afresh.
+        let health = if is_provisional(&d.id) && o.origin.container_id == d.origin.container_id {
+            &o.health
+        } else {
+            &d.health
+        };
+        if !o.same_registration(d) || is_stale(&d.id) {
+            registers.push(Op::Register(Instance {
+                health: health.clone(),
+                ..d.clone()
+            }));
+        } else if o.health != *health {
+            healths.push(Op::SetHealth {
                 id: d.id.clone(),
-                health: d.health.clone(),
-            }),
-            Some(_) => {}
+                health: health.clone(),
+            });
         }
     }
 
@@ -140,13 +157,17 @@ mod tests {
         false
     }
 
+    fn no_provisional(_: &str) -> bool {
+        false
+    }
+
     #[test]
     fn empty_to_desired_registers_everything() {
         let d = vec![
             inst("n", "b", 1, Status::Passing),
             inst("n", "a", 1, Status::Passing),
         ];
-        let p = plan("n", &d, &[], no_foreign, no_stale);
+        let p = plan("n", &d, &[], no_foreign, no_stale, no_provisional);
         assert_eq!(
             p.ops,
             vec![Op::Register(d[1].clone()), Op::Register(d[0].clone())]
@@ -156,7 +177,10 @@ mod tests {
     #[test]
     fn unchanged_plans_nothing() {
         let d = vec![inst("n", "a", 1, Status::Passing)];
-        assert_eq!(plan("n", &d, &d, no_foreign, no_stale), Plan::default());
+        assert_eq!(
+            plan("n", &d, &d, no_foreign, no_stale, no_provisional),
+            Plan::default()
+        );
     }
 
     #[test]
@@ -169,7 +193,7 @@ mod tests {
             inst("n", "a", 2, Status::Passing),
             inst("n", "b", 1, Status::Critical),
         ];
-        let p = plan("n", &desired, &owned, no_foreign, no_stale);
+        let p = plan("n", &desired, &owned, no_foreign, no_stale, no_provisional);
         assert_eq!(
             p.ops,
             vec![
@@ -188,7 +212,7 @@ mod tests {
             inst("n", "gone", 1, Status::Passing),
             inst("other", "theirs", 1, Status::Passing),
         ];
-        let p = plan("n", &[], &owned, no_foreign, no_stale);
+        let p = plan("n", &[], &owned, no_foreign, no_stale, no_provisional);
         assert_eq!(p.ops, vec![Op::Deregister { id: "gone".into() }]);
     }
 
@@ -199,7 +223,7 @@ mod tests {
             inst("n", "dup", 1, Status::Passing),
             inst("n", "dup", 2, Status::Passing),
         ];
-        let p = plan("n", &d, &[], |id| id == "x", no_stale);
+        let p = plan("n", &d, &[], |id| id == "x", no_stale, no_provisional);
         assert_eq!(p.ops, vec![Op::Register(d[1].clone())]);
         assert_eq!(
             p.conflicts
@@ -218,13 +242,75 @@ mod tests {
             inst("n", "fresh", 1, Status::Passing),
         ];
         let desired = vec![owned[0].clone(), owned[2].clone()];
-        let p = plan("n", &desired, &owned, no_foreign, |id| id != "fresh");
+        let p = plan(
+            "n",
+            &desired,
+            &owned,
+            no_foreign,
+            |id| id != "fresh",
+            no_provisional,
+        );
         assert_eq!(
             p.ops,
             vec![
                 Op::Deregister { id: "gone".into() },
                 Op::Register(owned[0].clone())
             ]
+        );
+    }
+
+    #[test]
+    fn provisional_health_never_overwrites_the_registered_one() {
+        let owned = vec![
+            inst("n", "same", 1, Status::Passing),
+            inst("n", "moved", 1, Status::Passing),
+        ];
+        // A restarted agent: its probes have no result yet, so its checks' initial status.
+        let desired = vec![
+            inst("n", "moved", 2, Status::Critical),
+            inst("n", "new", 1, Status::Critical),
+            inst("n", "same", 1, Status::Critical),
+        ];
+        let p = plan("n", &desired, &owned, no_foreign, no_stale, |_| true);
+        let moved = Instance {
+            health: owned[1].health.clone(),
+            ..desired[0].clone()
+        };
+        assert_eq!(
+            p.ops,
+            vec![Op::Register(moved), Op::Register(desired[1].clone())],
+            "no health write for `same`; `moved` keeps its registered health; `new` starts \
+             at its initial status"
+        );
+
+        // A new container taking over the id is not vouched for by the old one's health.
+        let mut takeover = desired[2].clone();
+        takeover.origin.container_id = "c-new".into();
+        let p = plan(
+            "n",
+            &[takeover.clone()],
+            &owned[..1],
+            no_foreign,
+            no_stale,
+            |_| true,
+        );
+        assert_eq!(p.ops, vec![Op::Register(takeover)]);
+
+        // Once the probes answer, their health is written.
+        let p = plan(
+            "n",
+            &desired[2..],
+            &owned[..1],
+            no_foreign,
+            no_stale,
+            no_provisional,
+        );
+        assert_eq!(
+            p.ops,
+            vec![Op::SetHealth {
+                id: "same".into(),
+                health: desired[2].health.clone()
+            }]
         );
     }
 
@@ -276,7 +362,7 @@ mod tests {
             let is_foreign = |id: &str| foreign_ids.contains(id) || before.get(id).is_some_and(|i| i.origin.node != "n");
             let owned: Vec<Instance> = registry.values().cloned().collect();
 
-            let p = plan("n", &desired, &owned, is_foreign, |id| stale_ids.contains(id));
+            let p = plan("n", &desired, &owned, is_foreign, |id| stale_ids.contains(id), no_provisional);
 
             // No duplicate ids among the writes.
             let mut ids = BTreeSet::new();
@@ -302,7 +388,7 @@ mod tests {
             // writes nothing.
             apply(&mut registry, &p);
             let owned: Vec<Instance> = registry.values().cloned().collect();
-            let again = plan("n", &desired, &owned, is_foreign, |id| stale_ids.contains(id) && !ids.contains(id));
+            let again = plan("n", &desired, &owned, is_foreign, |id| stale_ids.contains(id) && !ids.contains(id), no_provisional);
             prop_assert!(again.ops.is_empty(), "second plan not empty: {:?}", again.ops);
 
             // Other nodes' entries survive untouched.

@@ -142,8 +142,15 @@ impl Store {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Plans the writes for one container (`Some(id)`) against what this node owns for it.
-    pub fn plan_container(&self, node: &str, container: &str, desired: &[Instance]) -> Plan {
+    /// Plans the writes for one container against what this node owns for it. The health of
+    /// the `provisional` ids (no probe result yet) does not overwrite the registered one.
+    pub fn plan_container(
+        &self,
+        node: &str,
+        container: &str,
+        desired: &[Instance],
+        provisional: &BTreeSet<String>,
+    ) -> Plan {
         let inner = self.lock();
         let owned: Vec<Instance> = inner
             .by_container
@@ -158,6 +165,7 @@ impl Store {
             &owned,
             |id| inner.foreign.contains(id) || inner.instances.contains_key(id),
             |id| inner.stale.contains(id),
+            |id| provisional.contains(id),
         )
     }
 
@@ -391,7 +399,7 @@ mod tests {
         store.registered(inst("a", "c1"));
         store.registered(inst("b", "c2"));
         // c1 no longer wants "a"; it wants "b", which c2 already registered.
-        let p = store.plan_container("n", "c1", &[inst("b", "c1")]);
+        let p = store.plan_container("n", "c1", &[inst("b", "c1")], &BTreeSet::new());
         assert_eq!(
             p.ops,
             vec![super::super::plan::Op::Deregister { id: "a".into() }]
@@ -422,7 +430,7 @@ mod tests {
         let due = store.take_due(Instant::now());
         assert_eq!(due, vec!["new".to_owned()]);
         assert_eq!(store.next_due(), Some(slot));
-        let p = store.plan_container("n", "c9", &[inst("theirs", "c9")]);
+        let p = store.plan_container("n", "c9", &[inst("theirs", "c9")], &BTreeSet::new());
         assert!(p.ops.is_empty() && p.conflicts.len() == 1);
     }
 
@@ -435,13 +443,15 @@ mod tests {
         store.replace(listing);
         let want = vec![super::super::plan::Op::Register(inst("a", "c1"))];
         assert_eq!(
-            store.plan_container("n", "c1", &[inst("a", "c1")]).ops,
+            store
+                .plan_container("n", "c1", &[inst("a", "c1")], &BTreeSet::new())
+                .ops,
             want
         );
         store.registered(inst("a", "c1"));
         assert!(
             store
-                .plan_container("n", "c1", &[inst("a", "c1")])
+                .plan_container("n", "c1", &[inst("a", "c1")], &BTreeSet::new())
                 .ops
                 .is_empty()
         );
