@@ -2,8 +2,9 @@
 # Installs everything berth's build and tests need on a Debian bookworm machine:
 # protoc (etcd-client build), busybox-static (test images), etcd, dig, socat (a tcp:// Docker
 # endpoint in tests), openssl (an HTTPS server for the probe tests), chromium (the status
-# page's screenshot test), prometheus (for `promtool check metrics`), and consul from the
-# bullseye suite. The bullseye source is derived from this machine's own apt configuration,
+# page's screenshot test), prometheus (for `promtool check metrics`), docker-compose (the
+# compose demo's config check), consul from the bullseye suite, and kubernetes-validate from
+# PyPI (the DaemonSet's offline schema check, tests/tests/manifests.rs). The bullseye source is derived from this machine's own apt configuration,
 # so no mirror host name is written into the repository.
 set -euo pipefail
 
@@ -15,8 +16,19 @@ have_all() {
     && command -v etcdctl >/dev/null && command -v dig >/dev/null && command -v curl >/dev/null \
     && command -v jq >/dev/null && command -v socat >/dev/null && command -v ip >/dev/null \
     && command -v openssl >/dev/null && command -v chromium >/dev/null \
-    && command -v promtool >/dev/null
+    && command -v promtool >/dev/null && command -v docker-compose >/dev/null
 }
+
+# The Kubernetes OpenAPI schemas, offline: a pinned kubernetes-validate (it bundles them).
+kubernetes_validate=1.37.0
+if [ "$(kubernetes-validate --version 2>/dev/null)" != "$kubernetes_validate" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    "kubernetes-validate==$kubernetes_validate"
+  # pyenv puts new console scripts on PATH through its shims.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+  [ "$(kubernetes-validate --version 2>/dev/null)" = "$kubernetes_validate" ] \
+    || { echo "install-deps: kubernetes-validate $kubernetes_validate is not on PATH after pip install" >&2; exit 1; }
+fi
 
 if have_all; then exit 0; fi
 need_root
@@ -56,7 +68,7 @@ fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   protobuf-compiler libprotobuf-dev busybox-static etcd-server etcd-client \
-  dnsutils curl jq socat iproute2 ca-certificates openssl chromium prometheus >/dev/null
+  dnsutils curl jq socat iproute2 ca-certificates openssl chromium prometheus docker-compose >/dev/null
 apt-get install -y -qq --no-install-recommends -t bullseye consul >/dev/null
 # Debian's etcd-server package may start a system etcd on :2379; the tests run their own.
 # Likewise Debian's prometheus package may start a server; only promtool is wanted.

@@ -276,6 +276,8 @@ pub fn settings(config: &Config, node: String) -> labels::Settings {
         internal: a.internal,
         network: a.network.clone(),
         explicit: a.explicit,
+        tags: a.tags.clone(),
+        ip_label: a.ip_from_label.clone(),
     }
 }
 

@@ -183,6 +183,14 @@ pub struct AgentConfig {
     /// Register only containers or ports that carry a service-name label.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false, value_name = "BOOL")]
     pub explicit: bool,
+    /// Tags added to every instance, repeated or comma-separated (registrator's -tags).
+    #[arg(long, value_name = "TAG", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub tags: Vec<String>,
+    /// A container label whose value is the address to register (registrator's
+    /// -useIpFromLabel); berth.address wins over it.
+    #[arg(long, value_name = "LABEL")]
+    pub ip_from_label: Option<String>,
     /// TTL of each instance's heartbeat check (Consul) or of the agent's lease (etcd);
     /// refreshed every ttl/3.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "15s")]

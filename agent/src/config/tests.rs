@@ -373,6 +373,8 @@ fn every_setting_is_read_from_each_source_by_its_one_name() {
             "node_name" => "host-9",
             "host_ip" => "10.9.9.9",
             "network" => "backend",
+            "tags" => "dc1",
+            "ip_from_label" => "com.example.ip",
             "ttl" => "21s",
             "resync" => "45s",
             "deregister_critical_after" => "2m",

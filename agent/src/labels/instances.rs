@@ -59,7 +59,7 @@ pub(super) fn from_specs(
                     name: spec.name.clone(),
                     address: endpoint.address,
                     port: endpoint.port,
-                    tags: spec.tags.clone(),
+                    tags: with_forced_tags(&spec.tags, &settings.tags),
                     meta: spec.meta.clone(),
                     origin: origin.clone(),
                     health: health.clone(),
@@ -75,6 +75,17 @@ pub(super) fn from_specs(
     unique_ids(&mut planned, notes);
     planned.sort_by(|a, b| a.instance.id.cmp(&b.instance.id));
     planned
+}
+
+/// `own` followed by each of `--tags` it does not have yet.
+fn with_forced_tags(own: &[String], forced: &[String]) -> Vec<String> {
+    let mut tags = own.to_vec();
+    for t in forced {
+        if !tags.contains(t) {
+            tags.push(t.clone());
+        }
+    }
+    tags
 }
 
 /// The id `spec`'s rule gives, before ids are made unique.

@@ -52,6 +52,11 @@ pub struct Settings {
     pub network: Option<String>,
     /// `--explicit`: only containers/ports with a service-name label register.
     pub explicit: bool,
+    /// `--tags`: added to every instance's tags (after its own, without repeats).
+    pub tags: Vec<String>,
+    /// `--ip-from-label`: the label whose value is the address to register, when a
+    /// container has it (`berth.address` wins).
+    pub ip_label: Option<String>,
 }
 
 /// Health-check keys found for one instance (`SERVICE_CHECK_*` and berth check labels), as

@@ -14,6 +14,7 @@ use crate::docker::view::{Binding, ContainerView, PortProto};
 use super::Settings;
 use super::keys::{Keys, Raw, Registrator};
 use super::notes::Notes;
+use super::sanitize;
 
 /// Where clients reach one container port.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -47,13 +48,31 @@ pub(super) fn choose(
 ) -> Option<Ports> {
     let known = known(view);
     warn_unknown_port_keys(&keys.reg, &known, notes);
-    let address = keys
-        .native
-        .address
-        .as_ref()
-        .map(|(a, raw)| (a.as_str(), format!("{raw}")));
+    let address = match &keys.native.address {
+        Some((a, raw)) => Some((a.clone(), format!("{raw}"))),
+        None => address_from_label(view, settings, notes),
+    };
+    let address = address.as_ref().map(|(a, rule)| (a.as_str(), rule.clone()));
     let candidates = candidates(view, settings, address, keys.native.network.as_ref(), notes)?;
     Some(Ports { candidates, known })
+}
+
+/// The address in the `--ip-from-label` label, when the container has it and it is one.
+fn address_from_label(
+    view: &ContainerView,
+    settings: &Settings,
+    notes: &mut Notes,
+) -> Option<(String, String)> {
+    let key = settings.ip_label.as_deref()?;
+    let value = view.labels.get(key)?;
+    let raw = Raw::label(key, value);
+    match sanitize::address(value.trim()) {
+        Ok(address) => Some((address, format!("{raw} (--ip-from-label)"))),
+        Err(why) => {
+            notes.warn_at(&raw, format!("{why}; --ip-from-label ignored"));
+            None
+        }
+    }
 }
 
 /// Per-port registrator keys naming a port the container does not have are typos.

@@ -35,6 +35,8 @@ fn settings() -> Settings {
         internal: false,
         network: None,
         explicit: false,
+        tags: vec![],
+        ip_label: None,
     }
 }
 
@@ -73,6 +75,8 @@ enum Opt {
     Internal,
     Explicit,
     Network(&'static str),
+    Tags(&'static [&'static str]),
+    IpLabel(&'static str),
 }
 
 #[derive(Debug)]
@@ -104,6 +108,8 @@ impl Case {
                 Opt::Internal => s.internal = true,
                 Opt::Explicit => s.explicit = true,
                 Opt::Network(n) => s.network = Some((*n).into()),
+                Opt::Tags(t) => s.tags = t.iter().map(|t| (*t).to_owned()).collect(),
+                Opt::IpLabel(l) => s.ip_label = Some((*l).into()),
             }
         }
         plan_container(&view, &s)
@@ -1091,6 +1097,71 @@ fn native_labels() {
     ];
     for case in &cases {
         case.check();
+    }
+}
+
+/// registrator's `-tags` (`--tags`) and `-useIpFromLabel` (`--ip-from-label`).
+#[test]
+fn forced_tags_and_the_address_label() {
+    let cases = [
+        Case {
+            name: "--tags follow the container's own, without repeats",
+            fixture: "web",
+            opts: &[Opt::Tags(&["dc1", "prod"])],
+            labels: &[("SERVICE_TAGS", "prod,web")],
+            env: NONE,
+            instances: &["node1:lbl-web:80 busybox 192.0.2.10 18080 tags=prod,web,dc1 meta="],
+            checks: &[],
+            notes: &[],
+        },
+        Case {
+            name: "--ip-from-label gives the address",
+            fixture: "web",
+            opts: &[Opt::IpLabel("com.example.ip")],
+            labels: &[("com.example.ip", "10.9.8.7")],
+            env: NONE,
+            instances: &["node1:lbl-web:80 busybox 10.9.8.7 18080 tags= meta="],
+            checks: &[],
+            notes: &[],
+        },
+        Case {
+            name: "berth.address wins over --ip-from-label",
+            fixture: "web",
+            opts: &[Opt::IpLabel("com.example.ip")],
+            labels: &[
+                ("com.example.ip", "10.9.8.7"),
+                ("berth.address", "10.1.1.1"),
+            ],
+            env: NONE,
+            instances: &["node1:lbl-web:80 busybox 10.1.1.1 18080 tags= meta="],
+            checks: &[],
+            notes: &[],
+        },
+        Case {
+            name: "a container without the label keeps the usual address",
+            fixture: "web",
+            opts: &[Opt::IpLabel("com.example.ip")],
+            labels: &[],
+            env: NONE,
+            instances: &["node1:lbl-web:80 busybox 192.0.2.10 18080 tags= meta="],
+            checks: &[],
+            notes: &[],
+        },
+        Case {
+            name: "a bad value in the label is warned and ignored",
+            fixture: "web",
+            opts: &[Opt::IpLabel("com.example.ip")],
+            labels: &[("com.example.ip", "not an ip!")],
+            env: NONE,
+            instances: &["node1:lbl-web:80 busybox 192.0.2.10 18080 tags= meta="],
+            checks: &[],
+            notes: &[
+                "W label com.example.ip=\"not an ip!\": not an IP address or DNS host name; --ip-from-label ignored",
+            ],
+        },
+    ];
+    for c in &cases {
+        c.check();
     }
 }
 
