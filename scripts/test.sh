@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole suite, as CI runs it: dependencies, formatting, lints, then every test
-# (unit, in-process and end to end against the real Docker engine, Consul and etcd).
+# The whole suite, as CI runs it: dependencies, formatting, lints, the image, then every
+# test (unit, in-process and end to end against the real Docker engine, Consul and etcd,
+# and a real single-node Docker swarm).
 #
 #   bash scripts/test.sh
 #
@@ -63,6 +64,9 @@ run clippy cargo clippy --workspace --all-targets -- -D warnings
 # Build everything (including the berth binary the end-to-end tests spawn) before the
 # clock of any test starts.
 run build cargo build --workspace --all-targets
+# The image the deployment tests run (tests/tests/image.rs, swarm.rs): a static release
+# build, several minutes from clean, so it is made here rather than inside a test's clock.
+run image bash deploy/build-image.sh --tag berth:e2e
 test_log=$(mktemp -t berth-test.XXXXXX)
 trap 'rm -f "$test_log"' EXIT
 cargo_test() { cargo test --workspace --no-fail-fast -- --test-threads "$threads" 2>&1 | tee "$test_log"; }

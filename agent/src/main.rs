@@ -107,16 +107,20 @@ fn print(out: &str) -> bool {
         .is_ok()
 }
 
-/// `berth explain`: one inspect, printed; exit 1 with one line when it fails.
-fn explain(config: &Config, container: &str, json: bool) -> ExitCode {
-    let result = tokio::runtime::Builder::new_current_thread()
+/// Runs one command's future on a current-thread runtime; its error becomes one line.
+fn one_shot<T, E: std::error::Error + 'static>(
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T> {
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the tokio runtime")
-        .and_then(|rt| {
-            let e = rt.block_on(berth::explain::explain(config, container));
-            e.map_err(|e| anyhow::anyhow!(chain(&e)))
-        });
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(f).map_err(|e| anyhow::anyhow!(chain(&e)))
+}
+
+/// `berth explain`: one inspect, printed; exit 1 with one line when it fails.
+fn explain(config: &Config, container: &str, json: bool) -> ExitCode {
+    let result = one_shot(berth::explain::explain(config, container));
     let explanation = match result {
         Ok(e) => e,
         Err(e) => {
@@ -152,14 +156,7 @@ fn health(config: &Config, ready: bool) -> ExitCode {
         }
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")
-        .and_then(|rt| {
-            let answer = rt.block_on(admin::health::check(addr, ready));
-            answer.map_err(|e| anyhow::anyhow!(chain(&e)))
-        });
+    let result = one_shot(admin::health::check(addr, ready));
     match result {
         Ok(body) => {
             if print(&format!("{body}\n")) {
@@ -178,14 +175,7 @@ fn health(config: &Config, ready: bool) -> ExitCode {
 /// `berth lookup`: one registry read, printed; exit 1 with one line when it fails.
 fn lookup(config: &Config, service: &str, passing: bool, json: bool) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")
-        .and_then(|rt| {
-            let rows = rt.block_on(berth::lookup::lookup(config, service, passing));
-            rows.map_err(|e| anyhow::anyhow!(chain(&e)))
-        });
+    let result = one_shot(berth::lookup::lookup(config, service, passing));
     let rows = match result {
         Ok(rows) => rows,
         Err(e) => {

@@ -471,3 +471,19 @@ pub fn berth_image() -> &'static str {
     });
     BERTH_IMAGE
 }
+
+/// The source address of the host's default route: what berth's host-IP detection must find
+/// on the host network. Read with iproute2, not with berth's own code.
+pub fn default_route_ip() -> String {
+    let out = Command::new("ip")
+        .args(["-4", "route", "get", "198.51.100.1"])
+        .output()
+        .expect("ip route get");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[0] == "src")
+        .map(|w| w[1].to_owned())
+        .unwrap_or_else(|| panic!("no src in `ip route get`: {text}"))
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use berth_e2e::agent::tail;
 use berth_e2e::consul::{ConsulServer, CustomConsul, make_certs_for};
 use berth_e2e::dns::DnsServer;
-use berth_e2e::docker::{self, Container, berth_image, docker, socket_gid};
+use berth_e2e::docker::{self, Container, berth_image, default_route_ip, docker, socket_gid};
 use berth_e2e::{free_port, temp_dir, wait_for};
 use serde_json::Value;
 
@@ -36,22 +36,6 @@ fn checked_httpd(test: &str, name: &str, opts: &[&str]) -> Container {
         "echo ok > /health; trap 'exit 0' TERM; httpd -f -p 80 & wait".into(),
     ]);
     Container::run(test, &args)
-}
-
-/// The source address of the host's default route: what berth's detection must find on the
-/// host network. Read with iproute2, not with berth's own code.
-fn default_route_ip() -> String {
-    let out = Command::new("ip")
-        .args(["-4", "route", "get", "198.51.100.1"])
-        .output()
-        .expect("ip route get");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let words: Vec<&str> = text.split_whitespace().collect();
-    words
-        .windows(2)
-        .find(|w| w[0] == "src")
-        .map(|w| w[1].to_owned())
-        .unwrap_or_else(|| panic!("no src in `ip route get`: {text}"))
 }
 
 /// `docker run` options of a berth container that reads the Docker socket as a non-root

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_e2e::consul::ConsulServer;
-use berth_e2e::docker::{self, berth_image, docker, socket_gid, try_docker};
+use berth_e2e::docker::{self, berth_image, default_route_ip, docker, socket_gid, try_docker};
 use berth_e2e::{free_port, wait_for};
 use serde_json::Value;
 
@@ -243,21 +243,6 @@ fn berth_task_ids() -> BTreeSet<String> {
         .iter()
         .map(|t| t["Id"].as_str().unwrap().to_owned())
         .collect()
-}
-
-/// Source address of the default route (what berth detects on the host network).
-fn default_route_ip() -> String {
-    let out = Command::new("ip")
-        .args(["-4", "route", "get", "198.51.100.1"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let words: Vec<&str> = text.split_whitespace().collect();
-    words
-        .windows(2)
-        .find(|w| w[0] == "src")
-        .map(|w| w[1].to_owned())
-        .unwrap_or_else(|| panic!("no src in `ip route get`: {text}"))
 }
 
 /// deploy/swarm/sample/Dockerfile built on the test image (nothing can be pulled).
