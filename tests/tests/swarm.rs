@@ -238,6 +238,17 @@ fn ready() -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// The host agent's `/v1/status`.
+fn status() -> Option<Value> {
+    reqwest::blocking::Client::new()
+        .get(format!("http://{ADMIN}/v1/status"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .ok()?
+        .json()
+        .ok()
+}
+
 fn berth_task_ids() -> BTreeSet<String> {
     tasks(BERTH_STACK, "berth")
         .iter()
@@ -330,6 +341,7 @@ fn a_global_stack_registers_swarm_tasks_through_scaling_updates_and_removal() {
         &[
             ("SAMPLE_IMAGE", sample_image.to_owned()),
             ("SAMPLE_NETWORK", NETWORK.to_owned()),
+            ("MESH_PORT", free_port().to_string()),
         ],
     );
     let web = converge(&consul, "sample-web", "web", 1, &node, &host_ip);
@@ -343,6 +355,31 @@ fn a_global_stack_registers_swarm_tasks_through_scaling_updates_and_removal() {
         !api[0].1.is_empty() && api[0].1 != host_ip,
         "api is at its overlay address"
     );
+
+    // A routing-mesh port has no host binding in the task's container: the host agent
+    // registers nothing for it, and says why on /v1/status.
+    let mesh = wait_for(
+        "the mesh task, skipped with its reason",
+        Duration::from_secs(60),
+        || {
+            let task = tasks(SAMPLE_STACK, "mesh").into_iter().next()?;
+            let name = task["Name"].as_str()?.trim_start_matches('/').to_owned();
+            let status = status()?;
+            status["containers"]
+                .as_array()?
+                .iter()
+                .find(|c| c["name"] == name.as_str())
+                .cloned()
+        },
+    );
+    assert_eq!(mesh["skipped"], "no_ports", "{mesh:#}");
+    assert!(
+        mesh["notes"]
+            .to_string()
+            .contains("exposed but not published"),
+        "{mesh:#}"
+    );
+    assert!(catalog(&consul, "sample-mesh").is_empty());
 
     // Scaling: 3 tasks, 3 instances; back to 1, 1.
     for replicas in [3, 1] {
