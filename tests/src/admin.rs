@@ -14,6 +14,11 @@ pub struct AdminClient {
 
 impl AdminClient {
     /// The admin server at `addr` (`127.0.0.1:40123`).
+    /// The admin server's `host:port`.
+    pub fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
     pub fn new(addr: &str) -> AdminClient {
         let _ = rustls::crypto::ring::default_provider().install_default();
         AdminClient {

@@ -455,11 +455,28 @@ pub fn berth_image() -> &'static str {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/build-image.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .args(["--tag", BERTH_IMAGE])
-            .output()
-            .expect("run deploy/build-image.sh");
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script).args(["--tag", BERTH_IMAGE]);
+        // `cargo test` gives this process the test crate's CARGO_PKG_* and similar variables;
+        // ring's build script reruns when they change, which would relink the whole LTO
+        // build (minutes) instead of finding it up to date. Build as a shell would.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_MANIFEST_")
+                || key.starts_with("CARGO_BIN_")
+                || [
+                    "OUT_DIR",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                ]
+                .contains(&key.as_str())
+            {
+                cmd.env_remove(key);
+            }
+        }
+        let out = cmd.output().expect("run deploy/build-image.sh");
         assert!(
             out.status.success(),
             "deploy/build-image.sh failed ({}):\n{}\n{}",

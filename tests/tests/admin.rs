@@ -67,9 +67,35 @@ fn wait_unready(env: &mut Env, admin: &AdminClient, want: &str, timeout: Duratio
     )
 }
 
+/// `berth health [--ready] --admin-addr <addr>`: exit code, stdout, stderr.
+fn health_cmd(addr: &str, ready: bool) -> (Option<i32>, String, String) {
+    let mut args = vec!["health", "--admin-addr", addr];
+    if ready {
+        args.push("--ready");
+    }
+    let (status, out, err) = berth_once(&args, &[], Duration::from_secs(10));
+    (status.code(), out, err)
+}
+
 fn wait_ready(env: &mut Env, admin: &AdminClient, timeout: Duration) {
     let admin = admin.clone();
     env.wait("/readyz 200", timeout, |_| admin.ready().map(|_| ()));
+}
+
+/// `berth health` with no agent answering exits 1 with the URL it asked; a bad admin
+/// address is a configuration error (64), as for `run`.
+#[test]
+fn health_command_without_an_agent_and_with_a_bad_address() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (code, out, err) = health_cmd(&addr, false);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains(&format!("http://{addr}/healthz: no answer")),
+        "{err}"
+    );
+    let (code, _, err) = health_cmd("not-an-address", true);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--admin-addr"), "{err}");
 }
 
 /// Not ready while the registry has never answered; ready once it has and the first
@@ -86,9 +112,24 @@ fn readiness_follows_the_registry(kind: Kind) {
     let reason = wait_unready(&mut env, &admin, "registry unreachable", SETTLE);
     assert!(!reason.contains('\n'), "one line: {reason:?}");
     assert_eq!(admin.get("/healthz").unwrap().0, 200);
+    // `berth health`, the image's health check, says the same: alive, not ready, and why.
+    assert_eq!(
+        health_cmd(admin.addr(), false),
+        (Some(0), "ok\n".to_owned(), String::new())
+    );
+    let (code, _, err) = health_cmd(admin.addr(), true);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("/readyz: 503") && err.contains("registry unreachable"),
+        "{err}"
+    );
 
     env.backend_resume();
     wait_ready(&mut env, &admin, SETTLE * 2);
+    assert_eq!(
+        health_cmd(admin.addr(), true),
+        (Some(0), "ready\n".to_owned(), String::new())
+    );
     env.wait("the instance registered", SETTLE, |b| {
         one_instance(b.instances(&name))
     });

@@ -291,7 +291,8 @@ fn a_global_stack_registers_swarm_tasks_through_scaling_updates_and_removal() {
         &[
             ("BERTH_IMAGE", image.to_owned()),
             ("DOCKER_GID", gid.clone()),
-            ("CONSUL_HTTP_ADDR", consul.addr()),
+            ("BERTH_CONSUL_ADDR", consul.addr()),
+            ("BERTH_RESYNC", "2s".to_owned()),
         ],
     );
     wait_for(
@@ -332,7 +333,10 @@ fn a_global_stack_registers_swarm_tasks_through_scaling_updates_and_removal() {
             ("BERTH_IMAGE", image.to_owned()),
             ("DOCKER_GID", gid.clone()),
             ("BERTH_NETWORK", NETWORK.to_owned()),
-            ("CONSUL_HTTP_ADDR", format!("http://{gateway}:{relay_port}")),
+            (
+                "BERTH_CONSUL_ADDR",
+                format!("http://{gateway}:{relay_port}"),
+            ),
         ],
     );
     deploy(
@@ -456,7 +460,7 @@ fn a_global_stack_registers_swarm_tasks_through_scaling_updates_and_removal() {
         "rolling update: new berth task ready after {:?}",
         updated.elapsed()
     );
-    // A resync period and more after the new agent is ready.
+    // Two resyncs of the new agent (BERTH_RESYNC=2s) and more after it is ready.
     std::thread::sleep(Duration::from_secs(5));
     stop.store(true, Ordering::Relaxed);
     let (polls, flaps) = watcher.join().unwrap();

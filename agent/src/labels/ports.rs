@@ -57,7 +57,9 @@ pub(super) fn choose(
     Some(Ports { candidates, known })
 }
 
-/// The address in the `--ip-from-label` label, when the container has it and it is one.
+/// The address in the `--ip-from-label` label, when the container has it and it is one. As
+/// in registrator, an empty value counts as absent and a prefix length is dropped
+/// (`10.42.0.7/16`, the form orchestrators such as Rancher write).
 fn address_from_label(
     view: &ContainerView,
     settings: &Settings,
@@ -65,8 +67,13 @@ fn address_from_label(
 ) -> Option<(String, String)> {
     let key = settings.ip_label.as_deref()?;
     let value = view.labels.get(key)?;
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return None;
+    }
+    let address = trimmed.rsplit_once('/').map_or(trimmed, |(ip, _)| ip);
     let raw = Raw::label(key, value);
-    match sanitize::address(value.trim()) {
+    match sanitize::address(address) {
         Ok(address) => Some((address, format!("{raw} (--ip-from-label)"))),
         Err(why) => {
             notes.warn_at(&raw, format!("{why}; --ip-from-label ignored"));

@@ -49,8 +49,9 @@ pub struct Plan {
 /// - Nothing is planned for an instance whose registration and health are unchanged, unless
 ///   the registry will drop it unless written again (`is_stale`): then it is registered anew.
 /// - A `provisional` desired health (no probe result yet) never replaces the owned health of
-///   the same container: a restarted agent keeps what the registry says until its probes
-///   answer. New instances, and a new container taking over an id, start with it.
+///   an unchanged registration: a restarted agent keeps what the registry says until its
+///   probes answer. New instances, changed ones (a new port or address) and a new container
+///   taking over an id start with it.
 pub fn plan(
     node: &str,
     desired: &[Instance],
@@ -88,8 +89,9 @@ pub fn plan(
             }
             continue;
         };
-        // Only for the same container: a new one taking over the id starts afresh.
-        let health = if is_provisional(&d.id) && o.origin.container_id == d.origin.container_id {
+        // Only for the same registration: a new endpoint (a new port or address after a
+        // restart, or a new container taking over the id) has passed nothing yet.
+        let health = if is_provisional(&d.id) && o.same_registration(d) {
             &o.health
         } else {
             &d.health
@@ -272,16 +274,27 @@ mod tests {
             inst("n", "same", 1, Status::Critical),
         ];
         let p = plan("n", &desired, &owned, no_foreign, no_stale, |_| true);
-        let moved = Instance {
-            health: owned[1].health.clone(),
-            ..desired[0].clone()
-        };
         assert_eq!(
             p.ops,
-            vec![Op::Register(moved), Op::Register(desired[1].clone())],
-            "no health write for `same`; `moved` keeps its registered health; `new` starts \
-             at its initial status"
+            vec![
+                Op::Register(desired[0].clone()),
+                Op::Register(desired[1].clone())
+            ],
+            "no health write for `same`; `moved` (a new port) and `new` start at their \
+             initial status"
         );
+
+        // Rewritten because the registry would drop it (etcd: another lease): with the
+        // registered health.
+        let p = plan(
+            "n",
+            &desired[2..],
+            &owned[..1],
+            no_foreign,
+            |_| true,
+            |_| true,
+        );
+        assert_eq!(p.ops, vec![Op::Register(owned[0].clone())]);
 
         // A new container taking over the id is not vouched for by the old one's health.
         let mut takeover = desired[2].clone();
@@ -353,6 +366,7 @@ mod tests {
             registry_entries in prop::collection::vec(arb_instance(), 0..8),
             foreign_ids in prop::collection::btree_set(prop::sample::select(vec!["a", "b", "c", "d", "e", "f", "z"]), 0..3),
             stale_ids in prop::collection::btree_set(prop::sample::select(vec!["a", "b", "c", "d", "e", "f"]), 0..4),
+            provisional_ids in prop::collection::btree_set(prop::sample::select(vec!["a", "b", "c", "d", "e", "f"]), 0..4),
         ) {
             // Desired instances are always this node's.
             let desired: Vec<Instance> = desired.into_iter().map(|mut i| { i.origin.node = "n".into(); i }).collect();
@@ -362,7 +376,20 @@ mod tests {
             let is_foreign = |id: &str| foreign_ids.contains(id) || before.get(id).is_some_and(|i| i.origin.node != "n");
             let owned: Vec<Instance> = registry.values().cloned().collect();
 
-            let p = plan("n", &desired, &owned, is_foreign, |id| stale_ids.contains(id), no_provisional);
+            let is_provisional = |id: &str| provisional_ids.contains(id);
+            let p = plan("n", &desired, &owned, is_foreign, |id| stale_ids.contains(id), is_provisional);
+
+            // A provisional health never overwrites the health of an unchanged registration.
+            for op in &p.ops {
+                let unchanged = before.get(op.id()).is_some_and(|o| desired.iter().find(|d| d.id == o.id).is_some_and(|d| o.same_registration(d)));
+                if provisional_ids.contains(op.id()) && unchanged {
+                    match op {
+                        Op::SetHealth { id, .. } => prop_assert!(false, "provisional health written for {}", id),
+                        Op::Register(i) => prop_assert_eq!(&i.health, &before[op.id()].health),
+                        Op::Deregister { .. } => {}
+                    }
+                }
+            }
 
             // No duplicate ids among the writes.
             let mut ids = BTreeSet::new();
@@ -388,7 +415,7 @@ mod tests {
             // writes nothing.
             apply(&mut registry, &p);
             let owned: Vec<Instance> = registry.values().cloned().collect();
-            let again = plan("n", &desired, &owned, is_foreign, |id| stale_ids.contains(id) && !ids.contains(id), no_provisional);
+            let again = plan("n", &desired, &owned, is_foreign, |id| stale_ids.contains(id) && !ids.contains(id), is_provisional);
             prop_assert!(again.ops.is_empty(), "second plan not empty: {:?}", again.ops);
 
             // Other nodes' entries survive untouched.
