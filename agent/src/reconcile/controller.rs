@@ -8,6 +8,8 @@
 //!   [`Store`](super::store::Store) with it, then reconcile every container that Docker lists,
 //!   the registry holds, or that is being reconciled. Listings are numbered, and one older
 //!   than the listing already applied is ignored.
+//! - Triggers that arrive before the first snapshot's listing has come back wait for it
+//!   (`deferred`): no reconcile is planned against an empty store.
 //! - A listing that fails is retried with jittered backoff ([`Backoff::LISTING`]) until one
 //!   succeeds or a newer snapshot replaces it; the first listing applied, with each of its
 //!   containers reconciled once, makes the agent ready.
@@ -92,6 +94,11 @@ struct Controller {
     /// Containers of the first applied snapshot not reconciled yet; readiness waits for it to
     /// empty. `None` before the first listing and after it emptied.
     first_pending: Option<HashSet<String>>,
+    /// Containers triggered before the first snapshot's listing came back (the source replays
+    /// the last second of events right after connecting): planned against an empty store,
+    /// their reconciles would write again what the registry holds and miss foreign ids, so
+    /// they wait for that listing. `None` once it has come back, answered or not.
+    deferred: Option<HashSet<String>>,
     /// Listings failed in a row, and the timer of the one pending retry of a failed listing.
     listing_failures: u32,
     listing_retry: Option<AbortHandle>,
@@ -100,6 +107,10 @@ struct Controller {
 
 impl Controller {
     fn schedule(&mut self, id: String) {
+        if let Some(deferred) = &mut self.deferred {
+            deferred.insert(id);
+            return;
+        }
         if self.running.contains(&id) {
             self.dirty.insert(id);
             return;
@@ -200,6 +211,7 @@ impl Controller {
         // and every container looked at before, so one removed while the event stream was
         // down is found gone and leaves the status output.
         let mut all: HashSet<String> = ids.into_iter().collect();
+        all.extend(self.deferred.take().into_iter().flatten());
         all.extend(self.ctx.store.containers());
         all.extend(self.ctx.store.looked());
         all.extend(self.running.iter().cloned());
@@ -322,6 +334,7 @@ impl Reconciler {
             applied_seq: 0,
             since: HashMap::new(),
             first_pending: None,
+            deferred: Some(HashSet::new()),
             listing_failures: 0,
             listing_retry: None,
             cancel: cancel.clone(),

@@ -87,11 +87,17 @@ struct Harness {
 }
 
 async fn harness(extra: &[&str]) -> Harness {
-    harness_with(extra, |_| {}).await
+    harness_full(extra, |_, _| {}).await
 }
 
 /// [`harness`], with the scripted engine prepared by `prepare` before the agent starts.
 async fn harness_with(extra: &[&str], prepare: impl FnOnce(&Scripted)) -> Harness {
+    harness_full(extra, |docker, _| prepare(docker)).await
+}
+
+/// [`harness`], with the scripted engine and the memory registry prepared by `prepare`
+/// before the agent starts.
+async fn harness_full(extra: &[&str], prepare: impl FnOnce(&Scripted, &MemoryRegistry)) -> Harness {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut argv = vec![
         "berth",
@@ -110,8 +116,8 @@ async fn harness_with(extra: &[&str], prepare: impl FnOnce(&Scripted)) -> Harnes
         panic!("run")
     };
     let docker = Scripted::default();
-    prepare(&docker);
     let memory = MemoryRegistry::new(NODE);
+    prepare(&docker, &memory);
     let cancel = CancellationToken::new();
     let observe = Arc::new(crate::observe::Observer::new(Duration::from_secs(15)));
     let app = App::assemble(
@@ -688,5 +694,39 @@ async fn a_snapshot_forgets_containers_removed_unseen() {
         h.store.snapshot().looks.is_empty()
     })
     .await;
+    h.stop().await;
+}
+
+/// Mechanism: `deferred` in the controller. A trigger that arrives while the first listing
+/// is still out (the source replays the last second of events right after connecting) waits
+/// for it. Planned against the empty store, c1's reconcile would take the foreign holder of
+/// its id for a free one and write over it.
+#[tokio::test(start_paused = true)]
+async fn triggers_before_the_first_listing_wait_for_it() {
+    let started = Instant::now();
+    let h = harness_full(&[], |docker, memory| {
+        docker.put(web("c1", 30001));
+        docker.put(web("c2", 30002));
+        memory.insert_foreign(&instance_id("c1"));
+        memory.delay_next_list(Duration::from_secs(2));
+    })
+    .await;
+    h.trigger("c1").await;
+    h.trigger("c2").await;
+    h.registered("c2", Duration::from_secs(5), &[&instance_id("c2")])
+        .await;
+    let c2 = register_attempts(&h.memory, &instance_id("c2"));
+    assert!(
+        c2[0] >= started + Duration::from_secs(2),
+        "c2 was written only after the listing came back: {:?}",
+        c2[0] - started
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        register_attempts(&h.memory, &instance_id("c1")),
+        Vec::<Instant>::new(),
+        "the foreign holder of c1's id is never written over"
+    );
+    assert_eq!(h.memory.get(&instance_id("c1")), Some(Entry::Foreign));
     h.stop().await;
 }
