@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -266,16 +267,7 @@ fn the_image_resolves_consul_by_dns_and_verifies_its_certificate() {
         "the instance, passing, over https",
         Duration::from_secs(30),
         || {
-            let out = Command::new("curl")
-                .args(["-sf", "--cacert"])
-                .arg(&ca)
-                .arg(format!(
-                    "https://127.0.0.1:{}/v1/health/service/{name}?passing",
-                    consul.port()
-                ))
-                .output()
-                .ok()?;
-            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let v = consul_get(&ca, &consul, &format!("/v1/health/service/{name}?passing"))?;
             let rows: Vec<(String, String, u64)> = v
                 .as_array()?
                 .iter()
@@ -319,28 +311,20 @@ fn the_image_resolves_consul_by_dns_and_verifies_its_certificate() {
         "untrusting".into(),
     ]);
     let untrusting = Container::run("image-tls-noca", &args);
-    let log = wait_for("a certificate error", Duration::from_secs(30), || {
-        let log = untrusting.logs();
-        log.lines()
+    let line = wait_for("a certificate error", Duration::from_secs(30), || {
+        untrusting
+            .logs()
+            .lines()
             .find(|l| l.contains("invalid peer certificate"))
-            .map(|line| (line.to_owned(), log.clone()))
+            .map(str::to_owned)
     });
-    let (line, _) = log;
     println!("without the CA: {line}");
     assert!(line.contains("UnknownIssuer"), "{line}");
     // It keeps retrying, and never gets a write through: the labelled container running
     // meanwhile is registered only by the first agent (which trusted the CA).
     std::thread::sleep(Duration::from_secs(3));
-    let catalog = Command::new("curl")
-        .args(["-sf", "--cacert"])
-        .arg(&ca)
-        .arg(format!(
-            "https://127.0.0.1:{}/v1/catalog/service/{name}",
-            consul.port()
-        ))
-        .output()
-        .unwrap();
-    let entries: Value = serde_json::from_slice(&catalog.stdout).unwrap();
+    let entries = consul_get(&ca, &consul, &format!("/v1/catalog/service/{name}"))
+        .expect("the catalog over https");
     let nodes: Vec<&str> = entries
         .as_array()
         .unwrap()
@@ -354,6 +338,17 @@ fn the_image_resolves_consul_by_dns_and_verifies_its_certificate() {
         tail(&untrusting.logs(), 20)
     );
     let _ = std::fs::remove_dir_all(&certs);
+}
+
+/// GET `path` of the HTTPS Consul, trusting `ca`; `None` when it does not answer with JSON.
+fn consul_get(ca: &Path, consul: &CustomConsul, path: &str) -> Option<Value> {
+    let out = Command::new("curl")
+        .args(["-sf", "--cacert"])
+        .arg(ca)
+        .arg(format!("https://127.0.0.1:{}{path}", consul.port()))
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
 }
 
 /// Docker's node name, which berth takes as its own when none is given.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use berth_e2e::agent::eventually;
 use berth_e2e::consul::ConsulServer;
 use berth_e2e::docker::{self, berth_image, default_route_ip, docker, socket_gid, try_docker};
 use berth_e2e::{free_port, wait_for};
@@ -56,7 +57,7 @@ impl Drop for Swarm {
             let _ = try_docker(&["stack", "rm", stack]);
         }
         // Tasks' containers go before their network can.
-        let _ = wait_until(Duration::from_secs(60), || {
+        wait_until(Duration::from_secs(60), || {
             try_docker(&["ps", "-aq", "--filter", "label=com.docker.stack.namespace"])
                 .is_ok_and(|out| out.is_empty())
         });
@@ -65,15 +66,12 @@ impl Drop for Swarm {
     }
 }
 
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+/// Polls `f` until it holds or `timeout` passes; for cleanup, which must not panic.
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return true;
-        }
+    while start.elapsed() < timeout && !f() {
         std::thread::sleep(Duration::from_millis(200));
     }
-    false
 }
 
 /// `docker stack deploy` of `file` as `stack`, with `env` for the file's variables.
@@ -188,28 +186,28 @@ fn converge(
     node: &str,
     host_ip: &str,
 ) -> Vec<(String, String, u64, String)> {
-    let mut last = String::new();
-    let ok = wait_until(Duration::from_secs(90), || {
-        let Some(want) = expected(service, node, host_ip) else {
-            last = "a task is still starting".to_owned();
-            return false;
-        };
-        let have = catalog(consul, name);
-        let passing: BTreeSet<String> = consul
-            .passing(name)
-            .into_iter()
-            .map(|(id, _, _)| id)
-            .collect();
-        let all_passing = have.iter().all(|(id, ..)| passing.contains(id));
-        last = format!("want {want:#?}\nhave {have:#?}\npassing {passing:?}");
-        want.len() == replicas && want == have && all_passing
-    });
-    assert!(
-        ok,
-        "{name}: not converged to {replicas} passing instance(s):\n{last}\n{}",
-        service_logs()
-    );
-    catalog(consul, name)
+    eventually(
+        &format!("{name} to converge to {replicas} passing instance(s)"),
+        Duration::from_secs(90),
+        || {
+            let want = expected(service, node, host_ip).ok_or("a task is still starting")?;
+            let have = catalog(consul, name);
+            let passing: BTreeSet<String> = consul
+                .passing(name)
+                .into_iter()
+                .map(|(id, _, _)| id)
+                .collect();
+            let all_passing = have.iter().all(|(id, ..)| passing.contains(id));
+            if want.len() == replicas && want == have && all_passing {
+                Ok(have)
+            } else {
+                Err(format!(
+                    "want {want:#?}\nhave {have:#?}\npassing {passing:?}"
+                ))
+            }
+        },
+        service_logs,
+    )
 }
 
 fn service_logs() -> String {
@@ -480,14 +478,20 @@ fn a_global_stack_registers_swarm_tasks_through_scaling_updates_and_removal() {
 
     // `docker stack rm` of the sample removes every instance.
     docker(&["stack", "rm", SAMPLE_STACK]);
-    let gone = wait_until(Duration::from_secs(60), || {
-        catalog(&consul, "sample-web").is_empty() && catalog(&consul, "sample-api").is_empty()
-    });
-    assert!(
-        gone,
-        "instances left after stack rm: {:?} {:?}\n{}",
-        catalog(&consul, "sample-web"),
-        catalog(&consul, "sample-api"),
-        service_logs()
+    eventually(
+        "no instance left after stack rm",
+        Duration::from_secs(60),
+        || {
+            let (web, api) = (
+                catalog(&consul, "sample-web"),
+                catalog(&consul, "sample-api"),
+            );
+            if web.is_empty() && api.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{web:?} {api:?}"))
+            }
+        },
+        service_logs,
     );
 }
