@@ -457,25 +457,7 @@ pub fn berth_image() -> &'static str {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/build-image.sh");
         let mut cmd = Command::new("bash");
         cmd.arg(&script).args(["--tag", BERTH_IMAGE]);
-        // `cargo test` gives this process the test crate's CARGO_PKG_* and similar variables;
-        // ring's build script reruns when they change, which would relink the whole LTO
-        // build (minutes) instead of finding it up to date. Build as a shell would.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy().into_owned();
-            if key.starts_with("CARGO_PKG_")
-                || key.starts_with("CARGO_MANIFEST_")
-                || key.starts_with("CARGO_BIN_")
-                || [
-                    "OUT_DIR",
-                    "CARGO_CRATE_NAME",
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                ]
-                .contains(&key.as_str())
-            {
-                cmd.env_remove(key);
-            }
-        }
+        as_from_a_shell(&mut cmd);
         let out = cmd.output().expect("run deploy/build-image.sh");
         assert!(
             out.status.success(),
@@ -487,6 +469,29 @@ pub fn berth_image() -> &'static str {
         print!("{}", String::from_utf8_lossy(&out.stdout));
     });
     BERTH_IMAGE
+}
+
+/// Removes the variables `cargo test` and `cargo run` give this process (the running crate's
+/// `CARGO_PKG_*` and similar) from `cmd`'s environment, so a `cargo build` it runs finds the
+/// release build up to date: ring's build script reruns when they change, which would relink
+/// the whole LTO build (minutes). The build then runs as it would from a shell.
+pub fn as_from_a_shell(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || key.starts_with("CARGO_BIN_")
+            || [
+                "OUT_DIR",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&key.as_str())
+        {
+            cmd.env_remove(key);
+        }
+    }
 }
 
 /// The source address of the host's default route: what berth's host-IP detection must find

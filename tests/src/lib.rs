@@ -6,7 +6,8 @@
 //! way, for the contract suite that runs against both. [`docker`] builds the test image and
 //! guards containers and networks; [`agent`] runs the berth binary and formats failures;
 //! [`env`] is one test's world and its assertion steps; [`admin`] reads an agent's admin
-//! server.
+//! server; [`proxy`] stands between berth and Docker or Consul to see, slow, hold or refuse
+//! its requests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod dns;
 pub mod docker;
 pub mod env;
 pub mod etcd;
+pub mod proxy;
 
 use std::time::{Duration, Instant};
 
