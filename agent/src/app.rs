@@ -278,6 +278,7 @@ pub fn settings(config: &Config, node: String) -> labels::Settings {
         explicit: a.explicit,
         tags: a.tags.clone(),
         ip_label: a.ip_from_label.clone(),
+        drain_on_stop: a.drain_on_stop,
     }
 }
 

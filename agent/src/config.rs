@@ -207,6 +207,10 @@ pub struct AgentConfig {
     /// Remove this node's registrations on SIGTERM/SIGINT instead of letting them expire.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false, value_name = "BOOL")]
     pub deregister_on_exit: bool,
+    /// Mark a container's instances critical as soon as Docker sends it its stop signal, so
+    /// clients stop using them before it exits (label berth.drain overrides it).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = true, value_name = "BOOL")]
+    pub drain_on_stop: bool,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Plain, value_name = "plain|json")]
     pub log_format: LogFormat,

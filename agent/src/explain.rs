@@ -47,7 +47,19 @@ pub struct Explanation {
     pub skipped: Option<Skip>,
     pub instances: Vec<InstanceExplained>,
     pub autoheal: bool,
+    /// How the instances are drained when Docker stops the container (`null`: they are not).
+    pub drain: Option<DrainExplained>,
     pub notes: Vec<Note>,
+}
+
+/// How a container is drained on stop.
+#[derive(Clone, Debug, Serialize)]
+pub struct DrainExplained {
+    /// The stop signal whose `kill` event starts the drain, e.g. `SIGTERM`.
+    pub signal: String,
+    /// The container's stop timeout: how long the drain waits for the container to exit.
+    #[serde(with = "humantime_serde")]
+    pub stop_timeout: Duration,
 }
 
 /// The container, as Docker reports it.
@@ -158,6 +170,10 @@ pub fn of_view(view: &ContainerView, settings: &labels::Settings) -> Explanation
         skipped: outcome.skipped,
         instances,
         autoheal: outcome.autoheal,
+        drain: outcome.drain.map(|d| DrainExplained {
+            signal: labels::drain::signal_name(d.signal),
+            stop_timeout: d.timeout,
+        }),
         notes: outcome.notes.clone(),
     }
 }
@@ -273,6 +289,21 @@ pub fn render(e: &Explanation) -> String {
         }
     }
     let _ = writeln!(t, "\nautoheal {}", if e.autoheal { "on" } else { "off" });
+    match &e.drain {
+        Some(d) => {
+            let _ = writeln!(
+                t,
+                "drain on stop: on {} the instances turn critical until the container exits \
+                 (at most {})",
+                d.signal,
+                humantime::format_duration(d.stop_timeout)
+            );
+        }
+        None if e.registers => {
+            let _ = writeln!(t, "drain on stop: off");
+        }
+        None => {}
+    }
     if !e.notes.is_empty() {
         let _ = writeln!(t, "\nnotes:");
         for n in &e.notes {

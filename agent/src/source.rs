@@ -129,7 +129,7 @@ async fn watch_once(
                     if let Some(ev) = ev {
                         debug!(container = %ev.container, action = %ev.action, "docker event");
                         let at = tokio::time::Instant::now();
-                        let trigger = Trigger::Event { container: ev.container, at };
+                        let trigger = Trigger::Event { container: ev.container, at, fact: ev.fact };
                         if tx.send(trigger).await.is_err() {
                             return Ok(());
                         }

@@ -103,6 +103,12 @@ fn explains_each_kind_of_container() {
         "{text}"
     );
     assert!(text.contains("    tags     a, b"), "{text}");
+    assert!(
+        text.contains(
+            "drain on stop: on SIGTERM the instances turn critical until the container exits (at most 10s)"
+        ),
+        "{text}"
+    );
 
     // Several ports, one with a check, and autoheal.
     let multi = httpd(&[
@@ -114,6 +120,10 @@ fn explains_each_kind_of_container() {
         "SERVICE_81_CHECK_INTERVAL=7s",
         "-l",
         "berth.autoheal=true",
+        "--stop-signal",
+        "SIGQUIT",
+        "--stop-timeout",
+        "30",
         "-p",
         "80",
         "-p",
@@ -130,6 +140,9 @@ fn explains_each_kind_of_container() {
     ];
     assert_eq!(ids, want, "{e:#}");
     assert_eq!(e["autoheal"], true);
+    // Drained on its own stop signal, for its own stop timeout.
+    assert_eq!(e["drain"]["signal"], "SIGQUIT", "{e:#}");
+    assert_eq!(e["drain"]["stop_timeout"], "30s", "{e:#}");
     let checked = &instances(&e)[1];
     assert_eq!(checked["port"], multi.host_port(81));
     let check = &checked["checks"][0];

@@ -221,6 +221,7 @@ mod tests {
                         registered: true,
                         parked: None,
                     }],
+                    draining: None,
                     notes: vec![],
                 },
                 ContainerStatus {
@@ -229,6 +230,7 @@ mod tests {
                     image: "img".into(),
                     skipped: Some(Skip::InvalidLabels),
                     instances: vec![],
+                    draining: None,
                     notes: vec![Note::warn("label SERVICE_NAME=\"<b>x</b>\": not usable")],
                 },
             ],

@@ -39,8 +39,20 @@ pub struct ContainerStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<Skip>,
     pub instances: Vec<InstanceStatus>,
+    /// Docker sent it its stop signal: its instances are critical until it exits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draining: Option<DrainingStatus>,
     /// Every decision about it: skipped ports, label problems (with the label's key).
     pub notes: Vec<Note>,
+}
+
+/// A drain in progress, as the status shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DrainingStatus {
+    /// The stop signal it was sent, e.g. `SIGTERM`.
+    pub signal: String,
+    /// Seconds until the drain is undone if the container has not exited by then.
+    pub lapses_in_s: u64,
 }
 
 /// One instance a container should have.
@@ -99,6 +111,10 @@ impl Status {
                     .iter()
                     .map(|i| instance(i, snapshot, now))
                     .collect(),
+                draining: snapshot.draining.get(id).map(|d| DrainingStatus {
+                    signal: crate::labels::drain::signal_name(d.signal),
+                    lapses_in_s: d.until.saturating_duration_since(now).as_secs(),
+                }),
                 notes: look.notes.clone(),
             })
             .collect();

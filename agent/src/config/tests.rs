@@ -388,6 +388,7 @@ fn every_setting_is_read_from_each_source_by_its_one_name() {
             "autoheal_max_restarts" => "5",
             "autoheal_window" => "3h",
             "admin_addr" => "0.0.0.0:9898",
+            "drain_on_stop" => "false",
             other => panic!("no sample value for the new setting {other:?}: add one here"),
         }
     };

@@ -180,16 +180,19 @@ fn relevant(ev: &EventMessage) -> Option<Event> {
         }
         _ => return None,
     };
-    Some(Event {
-        container,
-        action: action.to_owned(),
-    })
+    let signal = actor
+        .attributes
+        .as_ref()
+        .and_then(|a| a.get("signal"))
+        .map(String::as_str);
+    Some(Event::new(container, action, signal))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::docker::Fact;
     use bollard::models::EventActor;
 
     fn ev(
@@ -234,14 +237,7 @@ mod tests {
             "health_status: unhealthy",
         ] {
             let got = relevant(&ev(CONTAINER, action, "c1", &[]));
-            assert_eq!(
-                got,
-                Some(Event {
-                    container: "c1".into(),
-                    action: action.into()
-                }),
-                "{action}"
-            );
+            assert_eq!(got, Some(Event::new("c1", action, None)), "{action}");
         }
         for action in ["exec_start: sh", "attach", "resize", "top", "create"] {
             assert_eq!(
@@ -259,6 +255,14 @@ mod tests {
             Some("c2".into())
         );
         assert_eq!(container_of(&ev(NETWORK, "create", "net1", &[])), None);
+        // A kill carries its signal, and so what it proves.
+        let kill = relevant(&ev(CONTAINER, "kill", "c1", &[("signal", "15")])).unwrap();
+        assert_eq!(kill.fact, Some(Fact::Signalled(15)));
+        let kill = relevant(&ev(CONTAINER, "kill", "c1", &[("signal", "9")])).unwrap();
+        assert_eq!(kill.fact, Some(Fact::Exited));
+        // A network event proves nothing about the container's process.
+        let connect = relevant(&ev(NETWORK, "disconnect", "n", &[("container", "c2")])).unwrap();
+        assert_eq!(connect.fact, None);
         assert_eq!(container_of(&ev(IMAGE, "pull", "i", &[])), None);
     }
 }

@@ -67,6 +67,53 @@ pub struct Event {
     /// Docker's action, e.g. `start`, `die`, `health_status: healthy`, or `connect` for a
     /// network attachment.
     pub action: String,
+    /// What the event itself proves, so the reconciler can act on it before an inspect
+    /// answers.
+    pub fact: Option<Fact>,
+}
+
+impl Event {
+    /// A container event with action `action` and, for a `kill`, its `signal` attribute.
+    pub fn new(container: impl Into<String>, action: &str, signal: Option<&str>) -> Event {
+        Event {
+            container: container.into(),
+            action: action.to_owned(),
+            fact: Fact::of(action, signal),
+        }
+    }
+}
+
+/// What a container event proves about the container without asking Docker. Docker answers
+/// an inspect of a dying container only once it has torn it down (~100 ms after `die`);
+/// these let the reconciler act at once, and it still inspects afterwards to converge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fact {
+    /// `start`: the container runs (again); whatever earlier events proved no longer holds.
+    Started,
+    /// `kill` with this signal number. When it is the container's stop signal, the container
+    /// is being stopped (`docker stop`, a Swarm or Kubernetes stop): berth drains it.
+    Signalled(i32),
+    /// `die`, `stop`, `destroy`, or `kill` with SIGKILL: the container's process is gone, or
+    /// will be in an instant; nothing it registered can be reached.
+    Exited,
+}
+
+/// SIGKILL: a `kill` with it always ends the container.
+const SIGKILL: i32 = 9;
+
+impl Fact {
+    /// What an event with `action` (and, for a `kill`, its `signal` attribute) proves.
+    pub fn of(action: &str, signal: Option<&str>) -> Option<Fact> {
+        match action {
+            "start" => Some(Fact::Started),
+            "die" | "stop" | "destroy" => Some(Fact::Exited),
+            "kill" => match signal?.trim().parse::<i32>().ok()? {
+                SIGKILL => Some(Fact::Exited),
+                n => Some(Fact::Signalled(n)),
+            },
+            _ => None,
+        }
+    }
 }
 
 /// How long Docker waits for a container to stop on a self-healing restart before killing it.
@@ -157,4 +204,33 @@ impl Docker {
 /// The 12-character short form of a container id, as `docker ps` shows it.
 pub fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_events_prove() {
+        assert_eq!(Fact::of("start", None), Some(Fact::Started));
+        for action in ["die", "stop", "destroy"] {
+            assert_eq!(Fact::of(action, None), Some(Fact::Exited), "{action}");
+        }
+        assert_eq!(Fact::of("kill", Some("9")), Some(Fact::Exited));
+        assert_eq!(Fact::of("kill", Some("15")), Some(Fact::Signalled(15)));
+        assert_eq!(Fact::of("kill", Some("3")), Some(Fact::Signalled(3)));
+        // A kill whose signal Docker did not say proves nothing.
+        assert_eq!(Fact::of("kill", None), None);
+        assert_eq!(Fact::of("kill", Some("TERM")), None);
+        for action in [
+            "pause",
+            "unpause",
+            "rename",
+            "update",
+            "health_status: healthy",
+            "connect",
+        ] {
+            assert_eq!(Fact::of(action, None), None, "{action}");
+        }
+    }
 }

@@ -34,6 +34,20 @@ struct State {
     lists: usize,
 }
 
+/// One inspect in flight, until dropped.
+struct InFlight<'a> {
+    docker: &'a Scripted,
+    id: &'a str,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.docker.state().in_flight.get_mut(self.id) {
+            *n -= 1;
+        }
+    }
+}
+
 /// The scripted engine. Clones share one script.
 #[derive(Clone, Debug, Default)]
 pub struct Scripted {
@@ -87,10 +101,15 @@ impl Scripted {
 
     /// Sends an event on the open stream; false when no stream is open.
     pub fn emit(&self, container: &str, action: &str) -> bool {
-        let event = Event {
-            container: container.to_owned(),
-            action: action.to_owned(),
-        };
+        self.send(Event::new(container, action, None))
+    }
+
+    /// Sends a `kill` event with signal `signal` on the open stream.
+    pub fn emit_kill(&self, container: &str, signal: i32) -> bool {
+        self.send(Event::new(container, "kill", Some(&signal.to_string())))
+    }
+
+    fn send(&self, event: Event) -> bool {
         self.state()
             .stream
             .as_ref()
@@ -174,11 +193,10 @@ impl Scripted {
                 state.inspect_delays.get(id).copied(),
             )
         };
+        // Counted out when answered, or when the caller gives up on it.
+        let _in_flight = InFlight { docker: self, id };
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
-        }
-        if let Some(n) = self.state().in_flight.get_mut(id) {
-            *n -= 1;
         }
         Ok(answer)
     }

@@ -127,6 +127,10 @@ pub struct ContainerView {
     pub exposed: Vec<PortProto>,
     /// `NetworkSettings.Ports` bindings, sorted.
     pub bindings: Vec<Binding>,
+    /// `Config.StopSignal` as written (`SIGTERM`, `TERM`, `15`), when set.
+    pub stop_signal: Option<String>,
+    /// `Config.StopTimeout` in seconds, when set.
+    pub stop_timeout: Option<i64>,
 }
 
 impl ContainerView {
@@ -245,6 +249,10 @@ impl ContainerView {
             networks,
             exposed,
             bindings,
+            stop_signal: config
+                .and_then(|c| c.stop_signal.clone())
+                .filter(|s| !s.is_empty()),
+            stop_timeout: config.and_then(|c| c.stop_timeout),
         }
     }
 }

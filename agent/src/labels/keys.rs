@@ -420,6 +420,8 @@ pub(super) struct Native {
     pub enable: Option<Raw>,
     /// `berth.autoheal`, unparsed.
     pub autoheal: Option<Raw>,
+    /// `berth.drain`, unparsed.
+    pub drain: Option<Raw>,
     pub name: Option<Raw>,
     pub id: Option<Raw>,
     pub tags: Option<Raw>,
@@ -443,6 +445,7 @@ impl Native {
             match rest {
                 "enable" => n.enable = Some(raw),
                 "autoheal" => n.autoheal = Some(raw),
+                "drain" => n.drain = Some(raw),
                 "name" => n.name = non_empty(raw, notes),
                 "id" => n.id = non_empty(raw, notes),
                 "tags" => n.tags = Some(raw),

@@ -15,6 +15,7 @@
 //! 6. [`instances`]: one instance per endpoint, duplicates dropped, ids made unique.
 
 mod checks;
+pub mod drain;
 mod instances;
 mod keys;
 mod notes;
@@ -32,6 +33,7 @@ use berth_registry::Instance;
 use crate::docker::view::ContainerView;
 
 pub use checks::{CheckSpec, ProbeKind, Probes, Target};
+pub use drain::Drain;
 use instances::Planned;
 use keys::{Keys, Raw, boolean};
 use notes::Notes;
@@ -57,6 +59,9 @@ pub struct Settings {
     /// `--ip-from-label`: the label whose value is the address to register, when a
     /// container has it (`berth.address` wins).
     pub ip_label: Option<String>,
+    /// `--drain-on-stop`: mark a container's instances critical when Docker sends it its stop
+    /// signal (`berth.drain` overrides it per container).
+    pub drain_on_stop: bool,
 }
 
 /// Health-check keys found for one instance (`SERVICE_CHECK_*` and berth check labels), as
@@ -74,6 +79,9 @@ pub struct Outcome {
     pub probes: BTreeMap<String, Probes>,
     /// `berth.autoheal=true` or `autoheal=true`: restart the container when it fails.
     pub autoheal: bool,
+    /// How the container is drained when it is stopped; `None` when draining is off for it
+    /// or it registers nothing.
+    pub drain: Option<Drain>,
     /// Why each instance has its address (the rule that chose it), per instance id.
     pub addresses: BTreeMap<String, String>,
     /// Why the container registers nothing, when it does not.
@@ -135,10 +143,11 @@ impl Skip {
 /// has a note.
 pub fn plan_container(view: &ContainerView, settings: &Settings) -> Outcome {
     let mut notes = Notes::default();
-    let (planned, autoheal, skipped) = match plan(view, settings, &mut notes) {
+    let (planned, autoheal, drain, skipped) = match plan(view, settings, &mut notes) {
         Ok(PlanResult {
             planned,
             autoheal,
+            drain,
             ports,
         }) => {
             let skipped = planned.is_empty().then_some(if ports == 0 {
@@ -146,12 +155,14 @@ pub fn plan_container(view: &ContainerView, settings: &Settings) -> Outcome {
             } else {
                 Skip::InvalidLabels
             });
-            (planned, autoheal, skipped)
+            let drain = drain.filter(|_| !planned.is_empty());
+            (planned, autoheal, drain, skipped)
         }
-        Err(skip) => (Vec::new(), false, Some(skip)),
+        Err(skip) => (Vec::new(), false, None, Some(skip)),
     };
     let mut outcome = Outcome {
         autoheal,
+        drain,
         skipped,
         ..Outcome::default()
     };
@@ -175,6 +186,7 @@ pub fn plan_container(view: &ContainerView, settings: &Settings) -> Outcome {
 struct PlanResult {
     planned: Vec<Planned>,
     autoheal: bool,
+    drain: Option<Drain>,
     /// Registrable ports found (an empty plan with ports means the labels refused them).
     ports: usize,
 }
@@ -200,10 +212,12 @@ fn plan(view: &ContainerView, settings: &Settings, notes: &mut Notes) -> Result<
     let port_count = ports.candidates.len();
     let specs = specs::build(view, settings, &keys, ports, opted_in, notes);
     let autoheal = autoheal(view, &keys, notes);
+    let drain = drain::resolve(view, settings.drain_on_stop, &keys, notes);
     let checked = checks::attach(view, settings, &keys, specs, notes);
     Ok(PlanResult {
         planned: instances::from_specs(view, settings, checked, notes),
         autoheal,
+        drain,
         ports: port_count,
     })
 }

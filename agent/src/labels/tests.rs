@@ -37,6 +37,7 @@ fn settings() -> Settings {
         explicit: false,
         tags: vec![],
         ip_label: None,
+        drain_on_stop: true,
     }
 }
 
@@ -1811,4 +1812,78 @@ fn more_specific_scopes_replace_the_check_kind() {
             "missing {want:?} in {notes:?}"
         );
     }
+}
+
+#[test]
+fn drain_follows_the_stop_signal_the_stop_timeout_and_the_label() {
+    use std::time::Duration;
+    let plan = |labels: &[(&str, &str)], signal: Option<&str>, timeout: Option<i64>, on: bool| {
+        let mut view = fixture("web");
+        for (k, v) in labels {
+            view.labels.insert((*k).into(), (*v).into());
+        }
+        view.stop_signal = signal.map(Into::into);
+        view.stop_timeout = timeout;
+        let s = Settings {
+            drain_on_stop: on,
+            ..settings()
+        };
+        let out = plan_container(&view, &s);
+        assert_invariants(&out);
+        out
+    };
+    let drain = |signal, secs| {
+        Some(Drain {
+            signal,
+            timeout: Duration::from_secs(secs),
+        })
+    };
+    // Docker's defaults: SIGTERM, 10 s.
+    assert_eq!(plan(&[], None, None, true).drain, drain(15, 10));
+    assert_eq!(
+        plan(&[], Some("SIGQUIT"), Some(30), true).drain,
+        drain(3, 30)
+    );
+    assert_eq!(plan(&[], Some("2"), Some(0), true).drain, drain(2, 0));
+    // A negative stop timeout makes Docker wait for ever: the drain waits an hour at most.
+    assert_eq!(
+        plan(&[], None, Some(-1), true).drain,
+        drain(15, drain::LONGEST.as_secs())
+    );
+    // The label turns it off, or on against the flag.
+    assert_eq!(
+        plan(&[("berth.drain", "false")], None, None, true).drain,
+        None
+    );
+    assert_eq!(plan(&[], None, None, false).drain, None);
+    assert_eq!(
+        plan(&[("berth.drain", "true")], None, None, false).drain,
+        drain(15, 10)
+    );
+    // A bad value is a warning; the flag decides.
+    let out = plan(&[("berth.drain", "maybe")], None, None, true);
+    assert_eq!(out.drain, drain(15, 10));
+    let notes: Vec<String> = out.notes.iter().map(render_note).collect();
+    assert!(
+        notes.contains(
+            &r#"W label berth.drain="maybe": not a boolean (use true/false); ignored"#.to_owned()
+        ),
+        "{notes:?}"
+    );
+    // A stop signal berth cannot read: SIGTERM, said once.
+    let out = plan(&[], Some("SIGWHAT"), None, true);
+    assert_eq!(out.drain, drain(15, 10));
+    assert!(
+        out.notes.iter().any(|n| n
+            .message
+            .contains(r#"stop signal "SIGWHAT" is not one berth knows"#)),
+        "{:?}",
+        out.notes
+    );
+    // A container that registers nothing has nothing to drain.
+    let mut stopped = fixture("web");
+    stopped.running = false;
+    assert_eq!(plan_container(&stopped, &settings()).drain, None);
+    let out = plan(&[("berth.enable", "false")], None, None, true);
+    assert_eq!(out.drain, None);
 }

@@ -1,25 +1,38 @@
 //! One container's reconcile, level-triggered: inspect → [`labels::plan_container`] →
 //! [`Prober::sync`](crate::probe::Prober::sync) (probe verdicts replace the health of probed
-//! instances; withdrawn ones are left out) → [`Store::plan_container`] → apply each write →
-//! record it. A labelled container Docker calls unhealthy is also handed to self-healing.
+//! instances; withdrawn ones are left out) → a drain in progress makes every instance
+//! critical → [`Store::plan_container`] → apply each write → record it. A labelled container
+//! Docker calls unhealthy is also handed to self-healing.
+//!
+//! What an event proves takes the same plan-and-apply path without the inspect
+//! ([`from_event`]): an exited container's instances are planned away, a container sent its
+//! stop signal has its instances planned critical (a drain, lasting until it exits or its stop
+//! timeout has passed). The controller then has the container inspected as usual, so the
+//! registry converges on what Docker says.
 //!
 //! [`Store::plan_container`]: super::store::Store::plan_container
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use berth_registry::RegistryError;
+use berth_registry::{Health, Instance, RegistryError};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Context;
 use super::apply::apply;
+use super::plan::Plan;
 use super::store::Look;
-use crate::docker::short_id;
 use crate::docker::view::{ContainerView, DockerHealth};
+use crate::docker::{Fact, short_id};
 use crate::heal;
-use crate::labels::{self, Level, Note};
+use crate::labels::{self, Level, Note, drain::signal_name};
+
+/// How long a drain outlasts the container's stop timeout: Docker kills the container when
+/// the timeout ends, and the kill, not the drain's end, should be what removes it.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// How a container's reconcile ended, for the controller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,39 +44,71 @@ pub enum Outcome {
     /// Something failed that may pass (Docker or the registry unavailable, an id still held
     /// by a predecessor): retry with backoff.
     Retry,
+    /// Converged for now; look again after this long (a drain lapses then).
+    Again(Duration),
+    /// Stopped before it wrote anything, because an event proved something newer: the
+    /// controller runs the container again at once.
+    Preempted,
 }
 
 impl Outcome {
-    /// The more urgent of two outcomes: a retry beats a park, the earlier park wins.
+    /// The more urgent of two outcomes: a retry beats a later look; of two later looks the
+    /// earlier wins, and is a park if either was one.
     fn and(self, other: Outcome) -> Outcome {
+        use Outcome::*;
         match (self, other) {
-            (Outcome::Retry, _) | (_, Outcome::Retry) => Outcome::Retry,
-            (Outcome::Parked(a), Outcome::Parked(b)) => Outcome::Parked(a.min(b)),
-            (Outcome::Parked(d), Outcome::Converged) | (Outcome::Converged, Outcome::Parked(d)) => {
-                Outcome::Parked(d)
-            }
-            (Outcome::Converged, Outcome::Converged) => Outcome::Converged,
+            (Preempted, _) | (_, Preempted) => Preempted,
+            (Retry, _) | (_, Retry) => Retry,
+            (Converged, o) | (o, Converged) => o,
+            (Parked(a), Parked(b) | Again(b)) | (Again(a), Parked(b)) => Parked(a.min(b)),
+            (Again(a), Again(b)) => Again(a.min(b)),
         }
     }
 }
 
-/// Waits for a permit, then reconciles `id`. `since`: when the Docker event that asked for
-/// this reconcile arrived, if one did; its first successful write is timed from then.
-/// Returns the outcome, and `since` again when no write succeeded (a retry times from it).
+/// Reconciles `id`: from what `fact` proves when it proves something (at once, no Docker
+/// call), or else from an inspect, once a permit is free. `since`: when the Docker event that
+/// asked for this reconcile arrived, if one did; its first successful write is timed from
+/// then. Returns the outcome, and `since` again when no write succeeded (a retry times from
+/// it). `preempt` stops the wait for a permit or an inspect ([`Outcome::Preempted`]).
 pub async fn reconcile_container(
     ctx: &Context,
     id: &str,
     permits: &Semaphore,
     since: Option<Instant>,
+    fact: Option<Fact>,
+    preempt: &CancellationToken,
 ) -> (Outcome, Option<Instant>) {
-    let Ok(_permit) = permits.acquire().await else {
-        // Shutting down: the permits are closed.
-        return (Outcome::Converged, None);
-    };
     let span = info_span!("reconcile", container = %short_id(id));
     let started = Instant::now();
     let mut since = since;
-    let (outcome, writes) = reconcile(ctx, id, &mut since).instrument(span).await;
+    let (outcome, writes) = match fact {
+        // Not behind the permits: they bound inspects, and a slow inspect must not delay
+        // what an event already proved.
+        Some(fact @ (Fact::Exited | Fact::Signalled(_))) => {
+            from_event(ctx, id, fact, &mut since).instrument(span).await
+        }
+        _ => {
+            let permit = tokio::select! {
+                permit = permits.acquire() => permit,
+                _ = preempt.cancelled() => return (Outcome::Preempted, since),
+            };
+            let Ok(_permit) = permit else {
+                // Shutting down: the permits are closed.
+                return (Outcome::Converged, None);
+            };
+            if fact == Some(Fact::Started) {
+                // A container that starts is not being stopped any more.
+                ctx.store.end_drain(id);
+            }
+            reconcile(ctx, id, &mut since, preempt)
+                .instrument(span)
+                .await
+        }
+    };
+    if outcome == Outcome::Preempted {
+        return (outcome, since);
+    }
     let metrics = &ctx.observe.metrics;
     metrics
         .reconcile_duration
@@ -72,10 +117,21 @@ pub async fn reconcile_container(
     (outcome, since)
 }
 
-/// Reconciles `id`; returns the outcome and the number of writes sent. The first write that
-/// succeeds takes `since` and observes the event-to-write latency.
-async fn reconcile(ctx: &Context, id: &str, since: &mut Option<Instant>) -> (Outcome, usize) {
-    let (mut outcome, name, image) = match ctx.docker.inspect(id).await {
+/// Reconciles `id` from an inspect; returns the outcome and the number of writes sent. The
+/// first write that succeeds takes `since` and observes the event-to-write latency.
+async fn reconcile(
+    ctx: &Context,
+    id: &str,
+    since: &mut Option<Instant>,
+    preempt: &CancellationToken,
+) -> (Outcome, usize) {
+    let inspected = tokio::select! {
+        inspected = ctx.docker.inspect(id) => inspected,
+        // An event proved something newer than this inspect can tell (Docker answers the
+        // inspect of a dying container only once it is torn down).
+        _ = preempt.cancelled() => return (Outcome::Preempted, 0),
+    };
+    let (mut outcome, name, image) = match inspected {
         Ok(Some(view)) => {
             let outcome = labels::plan_container(&view, &ctx.settings);
             if outcome.autoheal {
@@ -94,7 +150,8 @@ async fn reconcile(ctx: &Context, id: &str, since: &mut Option<Instant>) -> (Out
             return (Outcome::Retry, 0);
         }
     };
-    let (withdrawn, provisional) = apply_verdicts(ctx, id, &name, &mut outcome);
+    let (withdrawn, mut provisional) = apply_verdicts(ctx, id, &name, &mut outcome);
+    let lapses = apply_drain(ctx, id, &mut outcome, &mut provisional);
     if !name.is_empty() {
         record_look(ctx, id, name, image, &outcome, withdrawn);
     }
@@ -102,6 +159,97 @@ async fn reconcile(ctx: &Context, id: &str, since: &mut Option<Instant>) -> (Out
     let plan = ctx
         .store
         .plan_container(&ctx.settings.node, id, &outcome.instances, &provisional);
+    let (result, writes) = execute(ctx, id, plan, since).await;
+    match lapses {
+        Some(after) => (result.and(Outcome::Again(after)), writes),
+        None => (result, writes),
+    }
+}
+
+/// Plans and applies what `fact` proves about container `id`, without asking Docker: an
+/// exited container's instances are planned away; a container sent its stop signal (and
+/// drained) has its registered instances planned critical until it exits. Any other signal,
+/// or a container berth knows no drain for, plans nothing.
+async fn from_event(
+    ctx: &Context,
+    id: &str,
+    fact: Fact,
+    since: &mut Option<Instant>,
+) -> (Outcome, usize) {
+    let desired: Vec<Instance> = match fact {
+        Fact::Exited => {
+            ctx.store.end_drain(id);
+            Vec::new()
+        }
+        Fact::Signalled(signal) => {
+            let Some(drain) = ctx.store.drain_of(id).filter(|d| d.signal == signal) else {
+                return (Outcome::Converged, 0);
+            };
+            let now = Instant::now();
+            ctx.store
+                .start_drain(id, signal, now + drain.timeout + DRAIN_GRACE);
+            let owned = ctx.store.owned_of(id);
+            info!(
+                container = short_id(id),
+                signal = %signal_name(signal),
+                instances = owned.len(),
+                stop_timeout = ?drain.timeout,
+                "container is stopping; draining its instances"
+            );
+            owned
+                .into_iter()
+                .map(|mut i| {
+                    i.health = drain_health(&i.origin.container_name, signal);
+                    i
+                })
+                .collect()
+        }
+        Fact::Started => return (Outcome::Converged, 0),
+    };
+    let plan = ctx
+        .store
+        .plan_container(&ctx.settings.node, id, &desired, &BTreeSet::new());
+    execute(ctx, id, plan, since).await
+}
+
+/// The health of a draining instance.
+fn drain_health(container: &str, signal: i32) -> Health {
+    Health::critical(format!(
+        "berth: container {container} is stopping ({}); drained until it exits",
+        signal_name(signal)
+    ))
+}
+
+/// A drain in progress makes every instance of a running container critical (and the
+/// provisional health of none kept); returns how long until it lapses. A container that no
+/// longer runs ends its drain.
+fn apply_drain(
+    ctx: &Context,
+    id: &str,
+    outcome: &mut labels::Outcome,
+    provisional: &mut BTreeSet<String>,
+) -> Option<Duration> {
+    if outcome.instances.is_empty() {
+        ctx.store.end_drain(id);
+        return None;
+    }
+    let now = Instant::now();
+    let draining = ctx.store.draining(id, now)?;
+    for i in &mut outcome.instances {
+        i.health = drain_health(&i.origin.container_name, draining.signal);
+        provisional.remove(&i.id);
+    }
+    Some(draining.until - now)
+}
+
+/// Applies `plan`'s writes for container `id` (parked writes wait for their park to end);
+/// returns the outcome and the number of writes sent.
+async fn execute(
+    ctx: &Context,
+    id: &str,
+    plan: Plan,
+    since: &mut Option<Instant>,
+) -> (Outcome, usize) {
     ctx.store.keep_parked(id, plan.ops.iter().map(|op| op.id()));
     let mut result = Outcome::Converged;
     let mut writes = 0;
@@ -168,6 +316,7 @@ fn record_look(
         skipped: outcome.skipped,
         desired: outcome.instances.clone(),
         notes,
+        drain: outcome.drain,
     };
     let before = ctx.store.look(id, look.clone());
     let (old_notes, old_skip) = match &before {

@@ -4,6 +4,11 @@
 //!   ordered per container (never two reconciles of one container at once; a trigger that
 //!   arrives meanwhile marks it dirty and it runs once more afterwards) and concurrent across
 //!   containers, bounded by a semaphore.
+//! - `Trigger::Event` with a fact (the container exited, or was sent a signal): the next run
+//!   of that container applies the fact without an inspect, and the run after it inspects. A
+//!   reconcile of the container still waiting for a permit or an inspect is preempted, so the
+//!   fact is written at once instead of after Docker has torn the container down. The latest
+//!   fact wins, except that nothing but a `start` replaces an exit.
 //! - `Trigger::Snapshot(ids)`: read what this node owns from the registry, replace the
 //!   [`Store`](super::store::Store) with it, then reconcile every container that Docker lists,
 //!   the registry holds, or that is being reconciled. Listings are numbered, and one older
@@ -34,6 +39,7 @@ use tracing::{debug, warn};
 use super::container::{Outcome, reconcile_container};
 use super::{Context, Trigger, apply};
 use crate::backoff::Backoff;
+use crate::docker::Fact;
 
 /// Tunables of the reconciler.
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +97,10 @@ struct Controller {
     applied_seq: u64,
     /// When the oldest event not yet reconciled arrived, per container.
     since: HashMap<String, Instant>,
+    /// What the latest events proved, per container, not yet applied.
+    facts: HashMap<String, Fact>,
+    /// Stops the running reconcile of a container while it waits for a permit or an inspect.
+    preempt: HashMap<String, CancellationToken>,
     /// Containers of the first applied snapshot not reconciled yet; readiness waits for it to
     /// empty. `None` before the first listing and after it emptied.
     first_pending: Option<HashSet<String>>,
@@ -117,18 +127,39 @@ impl Controller {
         }
         self.running.insert(id.clone());
         let since = self.since.remove(&id);
+        let fact = self.facts.remove(&id);
+        if matches!(fact, Some(Fact::Exited | Fact::Signalled(_))) {
+            // A fact is written without an inspect; the run after it inspects to converge.
+            self.dirty.insert(id.clone());
+        }
+        let preempt = CancellationToken::new();
+        self.preempt.insert(id.clone(), preempt.clone());
         let handle = self.jobs.spawn(job(
             self.ctx.clone(),
             id.clone(),
             self.permits.clone(),
             since,
+            fact,
+            preempt,
         ));
         self.tasks.insert(handle.id(), id);
     }
 
-    /// A Docker event arrived for `id` at `at`.
-    fn event(&mut self, id: String, at: Instant) {
+    /// A Docker event arrived for `id` at `at`, proving `fact`.
+    fn event(&mut self, id: String, at: Instant, fact: Option<Fact>) {
         self.since.entry(id.clone()).or_insert(at);
+        if let Some(fact) = fact {
+            let pending = self.facts.entry(id.clone()).or_insert(fact);
+            // Only a start makes an exited container run again.
+            if *pending != Fact::Exited || fact == Fact::Started {
+                *pending = fact;
+            }
+            if fact != Fact::Started
+                && let Some(running) = self.preempt.get(&id)
+            {
+                running.cancel();
+            }
+        }
         self.schedule(id);
     }
 
@@ -147,15 +178,20 @@ impl Controller {
 
     fn container_done(&mut self, id: String, outcome: Outcome) {
         self.running.remove(&id);
-        if self.dirty.remove(&id) {
+        self.preempt.remove(&id);
+        if self.dirty.remove(&id) || outcome == Outcome::Preempted {
             self.schedule(id);
             return;
         }
         self.first_done(Some(&id));
         let delay = match outcome {
-            Outcome::Converged => {
+            Outcome::Converged | Outcome::Preempted => {
                 self.failures.remove(&id);
                 return;
+            }
+            Outcome::Again(after) => {
+                self.failures.remove(&id);
+                after
             }
             Outcome::Parked(retry_in) => retry_in,
             Outcome::Retry => {
@@ -302,8 +338,15 @@ impl Controller {
 }
 
 /// One container's reconcile as a controller job.
-async fn job(ctx: Context, id: String, permits: Arc<Semaphore>, since: Option<Instant>) -> Done {
-    let (outcome, since) = reconcile_container(&ctx, &id, &permits, since).await;
+async fn job(
+    ctx: Context,
+    id: String,
+    permits: Arc<Semaphore>,
+    since: Option<Instant>,
+    fact: Option<Fact>,
+    preempt: CancellationToken,
+) -> Done {
+    let (outcome, since) = reconcile_container(&ctx, &id, &permits, since, fact, &preempt).await;
     Done::Container { id, outcome, since }
 }
 
@@ -333,6 +376,8 @@ impl Reconciler {
             snapshot_seq: 0,
             applied_seq: 0,
             since: HashMap::new(),
+            facts: HashMap::new(),
+            preempt: HashMap::new(),
             first_pending: None,
             deferred: Some(HashSet::new()),
             listing_failures: 0,
@@ -348,7 +393,7 @@ impl Reconciler {
                 t = triggers.recv() => match t {
                     None => break,
                     Some(Trigger::Container(id)) => c.schedule(id),
-                    Some(Trigger::Event { container, at }) => c.event(container, at),
+                    Some(Trigger::Event { container, at, fact }) => c.event(container, at, fact),
                     Some(Trigger::Snapshot(ids)) => c.start_snapshot(ids),
                 },
             }

@@ -9,7 +9,8 @@
 //!   container, retries failures with backoff, parks refused writes, applies registry
 //!   listings in order, and drains on shutdown.
 //! - [`container`]: one container's reconcile: inspect → labels → probe verdicts → plan →
-//!   apply.
+//!   apply; or, for what an event proves (the container exited, or is being stopped), the
+//!   plan straight from that fact, with no inspect.
 //! - [`apply`]: where a write leaves for the registry, and is recorded in the store.
 //! - [`store`]: what this node owns, the heartbeat schedule, parked writes, and what each
 //!   container's latest reconcile decided (`Look`, for the status output).
@@ -30,7 +31,7 @@ use berth_registry::Registry;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::docker::Docker;
+use crate::docker::{Docker, Fact};
 use crate::heal;
 use crate::labels;
 use crate::observe::Observer;
@@ -45,8 +46,14 @@ pub enum Trigger {
     /// wants it looked at: reconcile it.
     Container(String),
     /// A Docker event for this container arrived at `at`: reconcile it, and time its first
-    /// write from `at` (`berth_event_to_write_duration_seconds`).
-    Event { container: String, at: Instant },
+    /// write from `at` (`berth_event_to_write_duration_seconds`). What the event proves
+    /// (`fact`: the container exited, or was sent a signal) is written at once, before any
+    /// inspect; the container is then inspected and reconciled as usual.
+    Event {
+        container: String,
+        at: Instant,
+        fact: Option<Fact>,
+    },
     /// Every running or paused container id Docker has right now (authoritative: anything the
     /// registry holds for other containers is stale). Read the registry, then reconcile all.
     Snapshot(Vec<String>),

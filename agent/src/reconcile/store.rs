@@ -1,6 +1,6 @@
 //! What this node owns in the registry, as last written or read, plus the heartbeat schedule,
-//! the writes the registry refused (parked), and what the latest reconcile of each container
-//! decided ([`Look`], for the status output).
+//! the writes the registry refused (parked), what the latest reconcile of each container
+//! decided ([`Look`], for the status output), and the containers being drained.
 //!
 //! One `std::sync::Mutex` guards it; no lock is ever held across I/O. Reconcile workers
 //! record each successful write here, snapshots replace it wholesale, and the heartbeater
@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::plan::{Op, Plan, plan};
 use crate::backoff::Backoff;
-use crate::labels::{Note, Skip};
+use crate::labels::{Drain, Note, Skip};
 
 /// What the latest reconcile of a container decided, for `/v1/status` and the status page.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +29,16 @@ pub struct Look {
     /// The instances it should have, with their current health (probe verdicts applied).
     pub desired: Vec<Instance>,
     pub notes: Vec<Note>,
+    /// How the container is drained when it is stopped, if it is.
+    pub drain: Option<Drain>,
+}
+
+/// A container Docker has sent its stop signal: its instances are critical until it exits,
+/// or until `until` if it does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Draining {
+    pub signal: i32,
+    pub until: Instant,
 }
 
 /// A copy of the store's state for the status output, taken under the lock in one go.
@@ -40,6 +50,8 @@ pub struct Snapshot {
     pub owned: BTreeMap<String, Instance>,
     /// Parked writes, by instance id.
     pub parked: BTreeMap<String, Parked>,
+    /// Drains in progress, by container id.
+    pub draining: BTreeMap<String, Draining>,
 }
 
 /// A write the registry refused (an id another owner holds, a value it will not take). It is
@@ -78,6 +90,8 @@ struct Inner {
     looks: HashMap<String, Look>,
     /// By instance id.
     parked: BTreeMap<String, Parked>,
+    /// By container id.
+    draining: HashMap<String, Draining>,
 }
 
 impl Inner {
@@ -105,6 +119,15 @@ impl Inner {
             }
         }
         Some(removed)
+    }
+
+    fn owned_of(&self, container: &str) -> Vec<Instance> {
+        self.by_container
+            .get(container)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.instances.get(id).cloned())
+            .collect()
     }
 
     fn insert(&mut self, instance: Instance, beat_at: Instant) {
@@ -152,13 +175,7 @@ impl Store {
         provisional: &BTreeSet<String>,
     ) -> Plan {
         let inner = self.lock();
-        let owned: Vec<Instance> = inner
-            .by_container
-            .get(container)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| inner.instances.get(id).cloned())
-            .collect();
+        let owned = inner.owned_of(container);
         plan(
             node,
             desired,
@@ -326,7 +343,45 @@ impl Store {
 
     /// Forgets a container that no longer exists.
     pub fn forget(&self, container: &str) {
-        self.lock().looks.remove(container);
+        let mut inner = self.lock();
+        inner.looks.remove(container);
+        inner.draining.remove(container);
+    }
+
+    /// Every instance this node owns for `container`, as last written or read.
+    pub fn owned_of(&self, container: &str) -> Vec<Instance> {
+        self.lock().owned_of(container)
+    }
+
+    /// How `container` is drained, as its latest reconcile found.
+    pub fn drain_of(&self, container: &str) -> Option<Drain> {
+        self.lock().looks.get(container).and_then(|l| l.drain)
+    }
+
+    /// Records that `container` was sent its stop signal `signal`; its drain lasts until it
+    /// exits, or until `until`.
+    pub fn start_drain(&self, container: &str, signal: i32, until: Instant) {
+        self.lock()
+            .draining
+            .insert(container.to_owned(), Draining { signal, until });
+    }
+
+    /// The drain of `container` in progress at `now`; a lapsed one is ended.
+    pub fn draining(&self, container: &str, now: Instant) -> Option<Draining> {
+        let mut inner = self.lock();
+        match inner.draining.get(container) {
+            Some(d) if d.until > now => Some(*d),
+            Some(_) => {
+                inner.draining.remove(container);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Ends the drain of `container`: it exited, or runs again.
+    pub fn end_drain(&self, container: &str) {
+        self.lock().draining.remove(container);
     }
 
     /// A copy of everything the status output shows. The lock is held only for the copy.
@@ -344,6 +399,11 @@ impl Store {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             parked: inner.parked.clone(),
+            draining: inner
+                .draining
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
         }
     }
 }
@@ -500,6 +560,7 @@ mod tests {
             skipped,
             desired: vec![],
             notes,
+            drain: None,
         };
         let n = vec![Note::warn("bad")];
         assert_eq!(store.look("c", look(n.clone(), None)), None);

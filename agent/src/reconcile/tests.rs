@@ -49,6 +49,8 @@ fn web(id: &str, host_port: u16) -> ContainerView {
             host_port,
             v6_wildcard: false,
         }],
+        stop_signal: None,
+        stop_timeout: None,
     }
 }
 
@@ -588,6 +590,7 @@ async fn event_to_write_latency_is_timed_from_the_event_once() {
         .send(Trigger::Event {
             container: "c1".into(),
             at,
+            fact: None,
         })
         .await
         .unwrap();
@@ -656,6 +659,7 @@ async fn an_events_latency_includes_the_retries_until_its_write_lands() {
         .send(Trigger::Event {
             container: "c1".into(),
             at: Instant::now(),
+            fact: None,
         })
         .await
         .unwrap();
@@ -728,5 +732,283 @@ async fn triggers_before_the_first_listing_wait_for_it() {
         "the foreign holder of c1's id is never written over"
     );
     assert_eq!(h.memory.get(&instance_id("c1")), Some(Entry::Foreign));
+    h.stop().await;
+}
+
+/// The health `id` is registered with, if it is.
+fn health_of(h: &Harness, id: &str) -> Option<berth_registry::Status> {
+    match h.memory.get(id)? {
+        Entry::Berth(i) => Some(i.health.status),
+        Entry::Foreign => None,
+    }
+}
+
+/// Registers c1 (web on 30001) and waits for it; returns its instance id.
+async fn registered_c1(h: &Harness) -> String {
+    let id = instance_id("c1");
+    h.docker.put(web("c1", 30001));
+    h.trigger("c1").await;
+    h.registered("c1", Duration::from_secs(5), &[&id]).await;
+    id
+}
+
+/// `web(id)` as Docker shows it once its process has exited.
+fn exited(id: &str) -> ContainerView {
+    let mut v = web(id, 30001);
+    v.running = false;
+    v.bindings.clear();
+    v
+}
+
+/// Mechanism: `Fact::Exited` and the fact path in `container.rs`. A `die` proves the
+/// container no longer runs: its instances are deregistered at once, while Docker is still
+/// tearing it down and has not answered the inspect; the inspect still follows.
+#[tokio::test(start_paused = true)]
+async fn an_exit_deregisters_at_once_without_waiting_for_the_inspect() {
+    let h = harness(&[]).await;
+    let id = registered_c1(&h).await;
+    h.docker.put(exited("c1"));
+    // Docker answers the inspect of a dying container only once it is torn down.
+    h.docker.delay_inspects("c1", Duration::from_secs(5));
+    let inspects = h.docker.inspects_of("c1");
+    let t0 = Instant::now();
+    assert!(h.docker.emit("c1", "die"));
+    until("deregistered", Duration::from_secs(10), || {
+        h.memory.get(&id).is_none()
+    })
+    .await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "deregistered {:?} after the event, not after the inspect",
+        t0.elapsed()
+    );
+    until("the inspect that converges", Duration::from_secs(1), || {
+        h.docker.inspects_of("c1") > inspects
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(h.memory.get(&id), None, "the inspect agrees: still gone");
+    assert_eq!(h.observe.metrics.event_to_write.count(), 1);
+    h.stop().await;
+}
+
+/// Mechanism: preemption (`preempt` in the controller, the `select!` around the inspect).
+/// A reconcile already waiting on an inspect (started by an earlier event) would hold the
+/// container's turn until Docker answers; an exit preempts it and is written at once.
+#[tokio::test(start_paused = true)]
+async fn an_exit_preempts_a_reconcile_waiting_on_its_inspect() {
+    let h = harness(&[]).await;
+    let id = registered_c1(&h).await;
+    h.docker.delay_inspects("c1", Duration::from_secs(5));
+    // Something else happened to the container first: a reconcile starts and inspects.
+    assert!(h.docker.emit("c1", "update"));
+    let inspects = h.docker.inspects_of("c1");
+    until("the inspect asked", Duration::from_secs(1), || {
+        h.docker.inspects_of("c1") > inspects
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.docker.put(exited("c1"));
+    let t0 = Instant::now();
+    assert!(h.docker.emit("c1", "die"));
+    until("deregistered", Duration::from_secs(10), || {
+        h.memory.get(&id).is_none()
+    })
+    .await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "deregistered {:?} after the event: the running reconcile was not preempted",
+        t0.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(h.memory.get(&id), None);
+    assert_eq!(
+        h.docker.max_concurrent_inspects("c1"),
+        1,
+        "never two operations on one container"
+    );
+    h.stop().await;
+}
+
+/// Mechanism: the inspect after a fact. An exit that the container's state contradicts
+/// (it runs again: a replayed event, or a restart between) is undone by the inspect that
+/// follows it: what Docker says last wins.
+#[tokio::test(start_paused = true)]
+async fn an_inspect_that_finds_the_container_running_after_an_exit_wins() {
+    let h = harness(&[]).await;
+    let id = registered_c1(&h).await;
+    assert!(h.docker.emit("c1", "die"));
+    until(
+        "deregistered from the event",
+        Duration::from_secs(5),
+        || {
+            h.memory
+                .calls()
+                .iter()
+                .any(|c| c.op == Call::Deregister && c.id == id)
+        },
+    )
+    .await;
+    h.registered(
+        "registered again from the inspect",
+        Duration::from_secs(5),
+        &[&id],
+    )
+    .await;
+    assert_eq!(h.memory.registers_of(&id), 2);
+    h.stop().await;
+}
+
+/// Mechanism: `Fact::Started` replaces a pending exit. A container that died and started
+/// again before its exit was applied is not deregistered by the stale exit.
+#[tokio::test(start_paused = true)]
+async fn a_start_replaces_an_exit_not_yet_applied() {
+    let h = harness(&[]).await;
+    let id = registered_c1(&h).await;
+    // c1's reconcile is busy, so both events wait for it.
+    h.docker.delay_inspects("c1", Duration::from_secs(1));
+    h.trigger("c1").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.docker.delay_inspects("c1", Duration::ZERO);
+    let deregisters = |h: &Harness| {
+        h.memory
+            .calls()
+            .into_iter()
+            .filter(|c| c.op == Call::Deregister && c.id == id)
+            .count()
+    };
+    // The preempted reconcile and the two events collapse into one run, an inspect.
+    assert!(h.docker.emit("c1", "die"));
+    assert!(h.docker.emit("c1", "start"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(deregisters(&h), 0, "the exit was stale before it ran");
+    assert!(h.port(&id).is_some());
+    h.stop().await;
+}
+
+/// Mechanism: `Fact::Signalled` and the drain (`start_drain`, `apply_drain`). The stop
+/// signal turns the instances critical at once, while the container still runs; inspects
+/// meanwhile keep them critical; the exit deregisters them.
+#[tokio::test(start_paused = true)]
+async fn a_stop_signal_drains_the_instances_until_the_container_exits() {
+    let h = harness(&[]).await;
+    let id = registered_c1(&h).await;
+    assert_eq!(health_of(&h, &id), Some(berth_registry::Status::Passing));
+    let t0 = Instant::now();
+    assert!(h.docker.emit_kill("c1", 15));
+    until("critical", Duration::from_secs(5), || {
+        health_of(&h, &id) == Some(berth_registry::Status::Critical)
+    })
+    .await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t0.elapsed()
+    );
+    let Some(Entry::Berth(drained)) = h.memory.get(&id) else {
+        panic!("registered")
+    };
+    assert!(
+        drained.health.output.contains("is stopping (SIGTERM)"),
+        "{}",
+        drained.health.output
+    );
+    // The container still runs; its inspects do not undo the drain.
+    h.trigger("c1").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(health_of(&h, &id), Some(berth_registry::Status::Critical));
+    assert_eq!(
+        h.memory.registers_of(&id),
+        1,
+        "a drain is a health write, never a re-registration"
+    );
+    h.docker.put(exited("c1"));
+    assert!(h.docker.emit("c1", "die"));
+    until("deregistered", Duration::from_secs(5), || {
+        h.memory.get(&id).is_none()
+    })
+    .await;
+    h.stop().await;
+}
+
+/// Mechanism: the drain's end (`Outcome::Again`). A container that survives its stop signal
+/// (a `docker kill -s TERM` it handles) is drained for its stop timeout plus the grace, then
+/// its health is written back.
+#[tokio::test(start_paused = true)]
+async fn a_drain_lapses_when_the_container_outlives_its_stop_timeout() {
+    let h = harness(&[]).await;
+    let id = instance_id("c1");
+    let mut v = web("c1", 30001);
+    v.stop_timeout = Some(3);
+    h.docker.put(v);
+    h.trigger("c1").await;
+    h.registered("c1", Duration::from_secs(5), &[&id]).await;
+    assert!(h.docker.emit_kill("c1", 15));
+    until("critical", Duration::from_secs(1), || {
+        health_of(&h, &id) == Some(berth_registry::Status::Critical)
+    })
+    .await;
+    let t0 = Instant::now();
+    until("passing again", Duration::from_secs(10), || {
+        health_of(&h, &id) == Some(berth_registry::Status::Passing)
+    })
+    .await;
+    let drained = t0.elapsed();
+    assert!(
+        drained >= Duration::from_secs(4) && drained <= Duration::from_secs(6),
+        "drained {drained:?}: the 3 s stop timeout plus the 2 s grace"
+    );
+    h.stop().await;
+}
+
+/// Mechanism: which signal drains (`labels::drain::resolve`, the signal check in
+/// `from_event`). Only the container's own stop signal drains it; `berth.drain=false` and
+/// `--drain-on-stop=false` turn draining off, and `berth.drain=true` turns it back on.
+#[tokio::test(start_paused = true)]
+async fn only_the_containers_stop_signal_drains_it_unless_draining_is_off() {
+    let h = harness(&[]).await;
+    let mut quits = web("c1", 30001);
+    quits.stop_signal = Some("SIGQUIT".into());
+    let mut off = web("c2", 30002);
+    off.labels.insert("berth.drain".into(), "false".into());
+    h.docker.put(quits);
+    h.docker.put(off);
+    h.trigger("c1").await;
+    h.trigger("c2").await;
+    let (c1, c2) = (instance_id("c1"), instance_id("c2"));
+    h.registered("both", Duration::from_secs(5), &[&c1, &c2])
+        .await;
+    // Not c1's stop signal (a reload, say); c2 is not drained at all.
+    assert!(h.docker.emit_kill("c1", 1));
+    assert!(h.docker.emit_kill("c1", 15));
+    assert!(h.docker.emit_kill("c2", 15));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(health_of(&h, &c1), Some(berth_registry::Status::Passing));
+    assert_eq!(health_of(&h, &c2), Some(berth_registry::Status::Passing));
+    assert!(h.docker.emit_kill("c1", 3));
+    until("c1 drained on SIGQUIT", Duration::from_secs(1), || {
+        health_of(&h, &c1) == Some(berth_registry::Status::Critical)
+    })
+    .await;
+    h.stop().await;
+
+    let h = harness(&["--drain-on-stop=false"]).await;
+    let mut on = web("c3", 30003);
+    on.labels.insert("berth.drain".into(), "true".into());
+    h.docker.put(on);
+    h.docker.put(web("c4", 30004));
+    h.trigger("c3").await;
+    h.trigger("c4").await;
+    let (c3, c4) = (instance_id("c3"), instance_id("c4"));
+    h.registered("both", Duration::from_secs(5), &[&c3, &c4])
+        .await;
+    assert!(h.docker.emit_kill("c3", 15));
+    assert!(h.docker.emit_kill("c4", 15));
+    until("c3 drained by its label", Duration::from_secs(1), || {
+        health_of(&h, &c3) == Some(berth_registry::Status::Critical)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(health_of(&h, &c4), Some(berth_registry::Status::Passing));
     h.stop().await;
 }
