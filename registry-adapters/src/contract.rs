@@ -36,9 +36,15 @@ pub trait Subject {
     fn stop(&mut self);
     /// Makes it reachable again (with or without its data); returns once it answers.
     fn start(&mut self);
-    /// Whether a freshly started client lists what an earlier one wrote as stale (etcd:
-    /// the keys are on the earlier process's lease). Backends that never mark anything stale
-    /// answer false.
+    /// A client of an earlier agent process of `node` whose registrations the next one
+    /// cannot simply take over (etcd: its lease has another TTL, so the next process writes
+    /// its keys again under a lease of its own). The same as [`Subject::client`] by default.
+    fn predecessor(&self, node: &str) -> Registry {
+        self.client(node)
+    }
+    /// Whether a freshly started client lists what a [`Subject::predecessor`] wrote as stale
+    /// (etcd: the keys are on the earlier process's lease). Backends that never mark
+    /// anything stale answer false.
     fn marks_stale(&self) -> bool {
         false
     }
@@ -56,6 +62,7 @@ macro_rules! registry_contract {
             health_writes_are_read_back,
             another_nodes_entry_is_never_overwritten_or_removed,
             only_owned_instances_are_stale_and_a_write_refreshes_them,
+            a_new_client_takes_over_what_an_earlier_one_wrote,
             a_lost_registration_is_reported,
             unknown_ids_are_not_found_and_deregister_is_idempotent,
             an_unreachable_registry_is_transient_and_the_same_client_recovers,
@@ -324,10 +331,10 @@ pub async fn another_nodes_entry_is_never_overwritten_or_removed(s: &mut impl Su
 }
 
 /// A listing marks only owned instances stale (ones the registry drops unless written again,
-/// e.g. held by a previous process's etcd lease), never one this client wrote; writing a
-/// stale instance again makes it current.
+/// e.g. held by a previous process's etcd lease that cannot be taken over), never one this
+/// client wrote; writing a stale instance again makes it current.
 pub async fn only_owned_instances_are_stale_and_a_write_refreshes_them(s: &mut impl Subject) {
-    let first = s.client(NODE);
+    let first = s.predecessor(NODE);
     let web = instance(NODE, "node1:web:80", "web", Health::passing("ok"));
     let api = instance(NODE, "node1:api:81", "api", Health::passing("ok"));
     first.register(&web).await.unwrap();
@@ -356,6 +363,23 @@ pub async fn only_owned_instances_are_stale_and_a_write_refreshes_them(s: &mut i
     assert_eq!(stale(&listing), want(&[&api.id]), "{listing:#?}");
     assert_owned(&listing, &web);
     assert_owned(&listing, &api);
+}
+
+/// A freshly started client of the same node (an agent restart or upgrade) takes over what
+/// the earlier one wrote as it is: nothing is stale, so nothing needs writing again, and it
+/// keeps the instances alive.
+pub async fn a_new_client_takes_over_what_an_earlier_one_wrote(s: &mut impl Subject) {
+    let first = s.client(NODE);
+    let web = instance(NODE, "node1:web:80", "web", Health::passing("ok"));
+    first.register(&web).await.unwrap();
+    drop(first);
+
+    let second = s.client(NODE);
+    let listing = second.list().await.unwrap();
+    assert_owned(&listing, &web);
+    assert!(listing.stale.is_empty(), "{listing:#?}");
+    second.heartbeat(&web.id).await.unwrap();
+    lookup_shows(&second, "web", true, &[&web]).await;
 }
 
 /// When the registry loses this node's registrations, the client says so, by answering a

@@ -371,9 +371,10 @@ fn instance_value_has_every_field_and_every_key_a_lease() {
 }
 
 /// A watcher on the prefix sees one put per key when the container starts — nothing from
-/// lease keepalives or from a 1 s resync while it runs — and one delete per key on stop.
+/// lease keepalives or from a 1 s resync while it runs — then, on `docker stop`, the drain
+/// (one put of the instance, critical) and one delete per key.
 #[test]
-fn watcher_sees_one_put_per_change_and_a_delete_on_stop() {
+fn watcher_sees_one_put_per_change_the_drain_and_a_delete_on_stop() {
     let mut env = Env::new("etcdwatch", Kind::Etcd);
     let name = env.svc("web");
     env.start_agent(&["--resync", "1s"]);
@@ -429,12 +430,21 @@ fn watcher_sees_one_put_per_change_and_a_delete_on_stop() {
     // Past another resync: nothing more may come.
     std::thread::sleep(Duration::from_millis(1500));
     let (n, i) = (kinds(&inst), kinds(&index));
+    // `docker stop` drains the instance first (its health, in the instance value only).
+    let drained = [EventKind::Put, EventKind::Put, EventKind::Delete];
     let both = [EventKind::Put, EventKind::Delete];
-    if !deleted || n != both || i != both || ours() != 4 {
+    if !deleted || n != drained || i != both || ours() != 5 {
         let w = watch.describe();
         env.fail(&format!(
-            "want exactly put then delete of {inst} and of {index}, nothing else\n{w}"
+            "want put, the drain's put and delete of {inst}, put and delete of {index}, \
+             nothing else\n{w}"
         ));
+    }
+    let drain = &watch.events_for(&inst)[1];
+    let value: Value = serde_json::from_str(&drain.value).unwrap_or(Value::Null);
+    if value["health"]["status"] != "critical" {
+        let w = watch.describe();
+        env.fail(&format!("the second put must be the drain (critical)\n{w}"));
     }
 }
 
@@ -537,12 +547,12 @@ fn lease_loss_reregisters_everything() {
     }
 }
 
-/// A restarted agent takes over its predecessor's keys before the old lease expires: the
-/// one whose container went away meanwhile is deleted by the agent (the old lease has 30 s
-/// left, so expiry cannot be what removes it), the other is written once more, under the new
-/// agent's lease.
+/// An agent restarted with another TTL takes over its predecessor's keys before the old
+/// lease expires: the one whose container went away meanwhile is deleted by the agent (the
+/// old lease has 30 s left, so expiry cannot be what removes it), the other is written once
+/// more, under the new agent's lease (a lease of another TTL is not taken over).
 #[test]
-fn restarted_agent_adopts_its_keys_under_its_own_lease() {
+fn an_agent_restarted_with_another_ttl_moves_its_keys_to_its_own_lease() {
     let mut env = Env::new("etcdadopt", Kind::Etcd);
     let (a_name, b_name) = (env.svc("a"), env.svc("b"));
     env.start_agent(&["--ttl", "30s"]);
@@ -586,6 +596,50 @@ fn restarted_agent_adopts_its_keys_under_its_own_lease() {
         let w = watch.describe();
         env.fail(&format!(
             "want one put of {b_key} on lease {new:x} and one delete of {a_key}\n{w}"
+        ));
+    }
+}
+
+/// An agent restarted with the same TTL (an upgrade, a crash) takes over its predecessor's
+/// lease: the key of a container gone meanwhile is deleted, the other key is not written at
+/// all, and the lease outlives several TTLs without the old agent.
+#[test]
+fn a_restarted_agent_keeps_its_predecessors_lease_and_writes_nothing() {
+    let mut env = Env::new("etcdkeep", Kind::Etcd);
+    let (a_name, b_name) = (env.svc("a"), env.svc("b"));
+    env.start_agent(&[]);
+    let mut a = httpd_labelled(env.test, &a_name);
+    let b = httpd_labelled(env.test, &b_name);
+    let (want_a, want_b) = (
+        env.published(&a_name, &a, 80),
+        env.published(&b_name, &b, 80),
+    );
+    env.expect_one(&want_a);
+    env.expect_one(&want_b);
+    let node = env.node.clone();
+    let old = env.wait("both instances on one live lease", SETTLE, |b| {
+        check_all_on_one_live_lease(b, &node, &[want_a.clone(), want_b.clone()], 0)
+    });
+    env.agent().kill9();
+    a.rm();
+
+    let watch = Watch::start(env.backend.etcd(), &format!("{}/", env.backend.prefix()));
+    env.start_agent(&[]);
+    env.expect_gone(&a_name);
+    // Past two TTLs: the old agent is long gone, the lease lives on, B untouched.
+    std::thread::sleep(TTL * 2 + Duration::from_secs(1));
+    let kept = env.wait("B still on the old lease", SETTLE, |b| {
+        check_all_on_one_live_lease(b, &node, std::slice::from_ref(&want_b), 0)
+    });
+    let b_key = env.backend.instance_key(&b_name, &want_b.id);
+    let a_key = env.backend.instance_key(&a_name, &want_a.id);
+    let b_events = watch.events_for(&b_key).len();
+    let a_events: Vec<EventKind> = watch.events_for(&a_key).iter().map(|e| e.kind).collect();
+    if kept != old || b_events != 0 || a_events != [EventKind::Delete] {
+        let w = watch.describe();
+        env.fail(&format!(
+            "want {b_key} untouched on lease {old:x} (it is on {kept:x}) and one delete of \
+             {a_key}\n{w}"
         ));
     }
 }

@@ -38,6 +38,15 @@ fn registry(etcd: &EtcdServer, node: &str) -> EtcdRegistry {
     EtcdRegistry::new(config(&etcd.endpoint(), node)).unwrap()
 }
 
+/// A client whose lease has TTL `ttl` (an agent run with another `--ttl`).
+fn registry_with_ttl(etcd: &EtcdServer, node: &str, ttl: Duration) -> EtcdRegistry {
+    EtcdRegistry::new(EtcdConfig {
+        ttl,
+        ..config(&etcd.endpoint(), node)
+    })
+    .unwrap()
+}
+
 /// Runs `keep_lease` on `rt` until the token is cancelled; `lost` wakes on a lost lease.
 fn spawn_keeper(
     rt: &Rt,
@@ -245,8 +254,9 @@ fn list_reads_this_nodes_instances_marks_other_leases_stale_and_drops_dangling_i
         "dangling index entry removed"
     );
 
-    // The next agent process (same node) sees the same instances, held by the old lease.
-    let second = registry(&etcd, NODE);
+    // The next agent process (same node, but another TTL, so it cannot take the old lease
+    // over) sees the same instances, held by the old lease.
+    let second = registry_with_ttl(&etcd, NODE, Duration::from_secs(5));
     let listing = rt.run(second.list()).unwrap();
     assert_eq!(listing.owned.len(), 2);
     assert_eq!(listing.stale.len(), 2, "{listing:?}");
@@ -262,6 +272,54 @@ fn list_reads_this_nodes_instances_marks_other_leases_stale_and_drops_dangling_i
         [&api.id],
         "{listing:?}"
     );
+}
+
+/// The next agent process of a node, with the same TTL, takes over the lease its predecessor
+/// wrote on: nothing is stale, nothing is written again, the lease is renewed at once (the
+/// predecessor stopped renewing it) and then kept alive by the new process's keeper. A lease
+/// that is gone is not taken over.
+#[test]
+fn a_restarted_process_takes_over_its_predecessors_live_lease() {
+    let etcd = EtcdServer::start();
+    let rt = Rt::new();
+    let first = registry(&etcd, NODE);
+    let web = instance(NODE, "node1:web:80", "web", Health::passing("ok"));
+    rt.run(first.register(&web)).unwrap();
+    let lease = first.lease().unwrap();
+    let before = must_get(&etcd, &key("web", &web.id));
+    drop(first);
+    // The predecessor stopped renewing: let the lease run down a little.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (left, granted) = etcd.lease_ttl(lease).expect("still alive");
+    assert!(left < granted, "{left} of {granted} s left");
+
+    let second = registry(&etcd, NODE);
+    let listing = rt.run(second.list()).unwrap();
+    assert!(listing.stale.is_empty(), "{listing:?}");
+    assert_eq!(second.lease(), Some(lease), "taken over");
+    let (left, granted) = etcd.lease_ttl(lease).expect("alive");
+    assert!(
+        left >= granted - 1,
+        "renewed at once: {left} of {granted} s left"
+    );
+    // The listing's instance is written by nobody: same value, same revision.
+    rt.run(second.register(&web)).unwrap();
+    assert_eq!(must_get(&etcd, &key("web", &web.id)), before);
+
+    let (_lost, cancel, keeper) = spawn_keeper(&rt, &second);
+    // Past two TTLs: the keeper renews the taken-over lease.
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(etcd.lease_ttl(lease).is_some(), "{}", etcd.describe(PREFIX));
+    assert_eq!(must_get(&etcd, &key("web", &web.id)), before);
+    cancel.cancel();
+    rt.run(keeper).unwrap();
+
+    // A lease that is gone cannot be taken over: its keys went with it.
+    etcd.lease_revoke(lease);
+    let third = registry(&etcd, NODE);
+    let listing = rt.run(third.list()).unwrap();
+    assert!(listing.owned.is_empty(), "{listing:?}");
+    assert_eq!(third.lease(), None);
 }
 
 #[test]

@@ -19,6 +19,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 struct Real<S> {
     server: S,
     client: fn(&S, &str) -> Registry,
+    predecessor: fn(&S, &str) -> Registry,
     /// Makes it lose everything and come back.
     wipe: fn(&mut S),
     stop: fn(&mut S),
@@ -44,26 +45,34 @@ impl<S> Subject for Real<S> {
         (self.resume)(&mut self.server);
     }
 
+    fn predecessor(&self, node: &str) -> Registry {
+        berth_e2e::crypto();
+        (self.predecessor)(&self.server, node)
+    }
+
     fn marks_stale(&self) -> bool {
         self.marks_stale
     }
+}
+
+fn consul_client(s: &ConsulServer, node: &str) -> Registry {
+    Registry::Consul(
+        ConsulRegistry::new(ConsulConfig {
+            addr: s.addr(),
+            node: node.to_owned(),
+            request_timeout: REQUEST_TIMEOUT,
+            ..ConsulConfig::default()
+        })
+        .unwrap(),
+    )
 }
 
 /// A Consul dev agent, which forgets everything when it restarts.
 fn consul() -> Real<ConsulServer> {
     Real {
         server: ConsulServer::start(),
-        client: |s, node| {
-            Registry::Consul(
-                ConsulRegistry::new(ConsulConfig {
-                    addr: s.addr(),
-                    node: node.to_owned(),
-                    request_timeout: REQUEST_TIMEOUT,
-                    ..ConsulConfig::default()
-                })
-                .unwrap(),
-            )
-        },
+        client: consul_client,
+        predecessor: consul_client,
         wipe: ConsulServer::restart,
         stop: ConsulServer::stop,
         resume: ConsulServer::resume,
@@ -71,26 +80,30 @@ fn consul() -> Real<ConsulServer> {
     }
 }
 
+fn etcd_client(s: &EtcdServer, node: &str, ttl: Duration) -> Registry {
+    Registry::Etcd(
+        EtcdRegistry::new(EtcdConfig {
+            endpoints: vec![s.endpoint()],
+            node: node.to_owned(),
+            ttl,
+            request_timeout: REQUEST_TIMEOUT,
+            ..EtcdConfig::default()
+        })
+        .unwrap(),
+    )
+}
+
 /// A single-member etcd, wiped by deleting its data directory.
 fn etcd() -> Real<EtcdServer> {
     Real {
         server: EtcdServer::start(),
-        client: |s, node| {
-            Registry::Etcd(
-                EtcdRegistry::new(EtcdConfig {
-                    endpoints: vec![s.endpoint()],
-                    node: node.to_owned(),
-                    ttl: Duration::from_secs(3),
-                    request_timeout: REQUEST_TIMEOUT,
-                    ..EtcdConfig::default()
-                })
-                .unwrap(),
-            )
-        },
+        client: |s, node| etcd_client(s, node, Duration::from_secs(3)),
+        // An agent that ran with another TTL: its lease is not taken over.
+        predecessor: |s, node| etcd_client(s, node, Duration::from_secs(4)),
         wipe: EtcdServer::restart_wiped,
         stop: EtcdServer::stop,
         resume: EtcdServer::resume,
-        // A new client is a new lease; what an earlier client wrote is on the old one.
+        // A new client writes on a new lease; what the predecessor wrote is on the old one.
         marks_stale: true,
     }
 }

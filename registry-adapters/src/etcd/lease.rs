@@ -8,7 +8,7 @@ use std::time::Duration;
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::call::Failure;
 use super::{EtcdRegistry, lock};
@@ -38,6 +38,35 @@ impl EtcdRegistry {
         *lock(&self.inner.lease) = Some(id);
         info!(lease = %format!("{id:x}"), ttl = granted.ttl(), "etcd lease granted");
         Ok(id)
+    }
+
+    /// Takes over lease `id`, the one a previous agent process of this node wrote its keys
+    /// on, when this client holds no lease yet, `id` is alive and was granted with this
+    /// client's TTL: its keys then need no rewrite, and watchers see nothing of the restart.
+    /// Renews it at once (it may be about to expire: the previous process stopped renewing
+    /// it). `None` when it cannot be adopted; the keys are then stale, written again under a
+    /// lease of this client's own.
+    pub(super) async fn adopt(&self, id: i64) -> Option<i64> {
+        let _single = self.inner.grant.lock().await;
+        if let Some(current) = self.lease() {
+            return Some(current);
+        }
+        let ttl = self.inner.ttl.as_secs_f64().ceil() as i64;
+        let lease = self
+            .call(|mut c| async move { c.lease_time_to_live(id, None).await })
+            .await
+            .ok()?;
+        if lease.ttl() <= 0 || lease.granted_ttl() != ttl {
+            debug!(lease = %format!("{id:x}"), granted = lease.granted_ttl(), remaining = lease.ttl(), ttl, "not adopting the previous agent's etcd lease");
+            return None;
+        }
+        // Opening a keep-alive stream renews the lease once; it fails for a dead one.
+        self.call(|mut c| async move { c.lease_keep_alive(id).await })
+            .await
+            .ok()?;
+        *lock(&self.inner.lease) = Some(id);
+        info!(lease = %format!("{id:x}"), ttl, "adopted the etcd lease of this node's previous agent process; its keys stay as they are");
+        Some(id)
     }
 
     /// Forgets `id` if it is still the current lease. Every key on it is gone, so whoever

@@ -54,6 +54,18 @@ use written::{Entry, ListingGuard, Written};
 use crate::error::RegistryError;
 use crate::instance::{Health, Instance, Listing, Status};
 
+/// The lease most keys are on (leaseless keys aside).
+fn most_common(leases: impl Iterator<Item = i64>) -> Option<i64> {
+    let mut counts: HashMap<i64, usize> = HashMap::new();
+    for lease in leases.filter(|l| *l != 0) {
+        *counts.entry(lease).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(lease, n)| (*n, *lease))
+        .map(|(lease, _)| lease)
+}
+
 /// Get operations per read transaction (etcd's default `--max-txn-ops` is 128).
 const READ_BATCH: usize = 100;
 
@@ -128,11 +140,12 @@ impl EtcdRegistry {
         )
     }
 
-    /// This node's instances, read through its index. Instances whose keys are held by a
-    /// lease other than the current one (a previous agent process's) are listed in
-    /// `stale`: they vanish with that lease unless written again. Index entries that point
-    /// at nothing are deleted; ones that point at another node's instance make that id
-    /// foreign.
+    /// This node's instances, read through its index. A client that holds no lease yet (a
+    /// freshly started agent) adopts the lease most of them are on when it is alive and has
+    /// this client's TTL (a previous agent process's: see [`EtcdRegistry::adopt`]). Instances
+    /// whose keys are held by a lease other than the current one are listed in `stale`: they
+    /// vanish with that lease unless written again. Index entries that point at nothing are
+    /// deleted; ones that point at another node's instance make that id foreign.
     pub async fn list(&self) -> Result<Listing, RegistryError> {
         let what = "listing of this node's instances";
         let node = self.inner.node.as_str();
@@ -180,7 +193,13 @@ impl EtcdRegistry {
             }
         }
 
-        let current = self.lease();
+        let current = match self.lease() {
+            Some(lease) => Some(lease),
+            None => match most_common(found.values().map(|(_, lease)| *lease)) {
+                Some(lease) => self.adopt(lease).await,
+                None => None,
+            },
+        };
         let mut listing = Listing::default();
         let mut entries = HashMap::new();
         let mut dangling = Vec::new();
