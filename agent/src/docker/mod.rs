@@ -93,8 +93,10 @@ pub enum Fact {
     /// `kill` with this signal number. When it is the container's stop signal, the container
     /// is being stopped (`docker stop`, a Swarm or Kubernetes stop): berth drains it.
     Signalled(i32),
-    /// `die`, `stop`, `destroy`, or `kill` with SIGKILL: the container's process is gone, or
-    /// will be in an instant; nothing it registered can be reached.
+    /// `kill` with SIGKILL: the process cannot survive it, but Docker may still report it
+    /// running for a few milliseconds, until its `die`.
+    Killed,
+    /// `die`, `stop` or `destroy`: the container's process is gone, and Docker says so.
     Exited,
 }
 
@@ -108,7 +110,7 @@ impl Fact {
             "start" => Some(Fact::Started),
             "die" | "stop" | "destroy" => Some(Fact::Exited),
             "kill" => match signal?.trim().parse::<i32>().ok()? {
-                SIGKILL => Some(Fact::Exited),
+                SIGKILL => Some(Fact::Killed),
                 n => Some(Fact::Signalled(n)),
             },
             _ => None,
@@ -216,7 +218,7 @@ mod tests {
         for action in ["die", "stop", "destroy"] {
             assert_eq!(Fact::of(action, None), Some(Fact::Exited), "{action}");
         }
-        assert_eq!(Fact::of("kill", Some("9")), Some(Fact::Exited));
+        assert_eq!(Fact::of("kill", Some("9")), Some(Fact::Killed));
         assert_eq!(Fact::of("kill", Some("15")), Some(Fact::Signalled(15)));
         assert_eq!(Fact::of("kill", Some("3")), Some(Fact::Signalled(3)));
         // A kill whose signal Docker did not say proves nothing.

@@ -29,6 +29,8 @@ struct State {
     stream: Option<Events>,
     streams_opened: usize,
     inspects: Vec<(Instant, String)>,
+    /// How long each container listing takes to answer.
+    list_delay: Duration,
     in_flight: HashMap<String, usize>,
     max_in_flight: HashMap<String, usize>,
     lists: usize,
@@ -77,6 +79,11 @@ impl Scripted {
     /// Removes a container: it inspects as gone and is no longer listed.
     pub fn remove(&self, id: &str) {
         self.state().containers.remove(id);
+    }
+
+    /// Every container listing answers `delay` after it was asked.
+    pub fn delay_lists(&self, delay: Duration) {
+        self.state().list_delay = delay;
     }
 
     /// Makes every call fail (`true`) or answer again.
@@ -158,6 +165,10 @@ impl Scripted {
     }
 
     pub(super) async fn list_ids(&self) -> Result<Vec<String>, DockerError> {
+        let delay = self.state().list_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut state = self.state();
         if state.down {
             return Err(failure("list containers"));

@@ -238,7 +238,10 @@ impl ContainerView {
             image: config.and_then(|c| c.image.clone()).unwrap_or_default(),
             labels,
             env,
-            running: state.and_then(|s| s.running).unwrap_or(false),
+            // Docker reports a container waiting out its restart policy's delay as running
+            // (and restarting); its process is gone and its ports are not served.
+            running: state.and_then(|s| s.running).unwrap_or(false)
+                && !state.and_then(|s| s.restarting).unwrap_or(false),
             paused: state.and_then(|s| s.paused).unwrap_or(false),
             health,
             network_mode: c
@@ -260,6 +263,22 @@ impl ContainerView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restarting_container_is_not_running() {
+        use bollard::models::ContainerState;
+        let state = |running, restarting| ContainerInspectResponse {
+            state: Some(ContainerState {
+                running: Some(running),
+                restarting: Some(restarting),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(ContainerView::from_inspect(&state(true, false)).running);
+        assert!(!ContainerView::from_inspect(&state(true, true)).running);
+        assert!(!ContainerView::from_inspect(&state(false, false)).running);
+    }
 
     #[test]
     fn port_proto_parses() {

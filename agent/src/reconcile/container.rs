@@ -5,10 +5,12 @@
 //! Docker calls unhealthy is also handed to self-healing.
 //!
 //! What an event proves takes the same plan-and-apply path without the inspect
-//! ([`from_event`]): an exited container's instances are planned away, a container sent its
-//! stop signal has its instances planned critical (a drain, lasting until it exits or its stop
-//! timeout has passed). The controller then has the container inspected as usual, so the
-//! registry converges on what Docker says.
+//! ([`from_event`]): an exited or SIGKILLed container's instances are planned away, a
+//! container sent its stop signal has its instances planned critical (a drain, lasting until
+//! it exits or its stop timeout has passed). The controller then has the container inspected
+//! as usual, so the registry converges on what Docker says; only an inspect that still
+//! reports a SIGKILLed container running is not believed until its `die` (or
+//! [`KILL_CONFIRM`]).
 //!
 //! [`Store::plan_container`]: super::store::Store::plan_container
 
@@ -33,6 +35,11 @@ use crate::labels::{self, Level, Note, drain::signal_name};
 /// How long a drain outlasts the container's stop timeout: Docker kills the container when
 /// the timeout ends, and the kill, not the drain's end, should be what removes it.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// How long after a SIGKILL an inspect that still reports the container running is not
+/// believed (Docker updates its state at the `die`, a few milliseconds later); if no `die`
+/// comes by then, the kill did not take, and the inspect decides.
+pub const KILL_CONFIRM: Duration = Duration::from_secs(2);
 
 /// How a container's reconcile ended, for the controller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +92,7 @@ pub async fn reconcile_container(
     let (outcome, writes) = match fact {
         // Not behind the permits: they bound inspects, and a slow inspect must not delay
         // what an event already proved.
-        Some(fact @ (Fact::Exited | Fact::Signalled(_))) => {
+        Some(fact @ (Fact::Exited | Fact::Killed | Fact::Signalled(_))) => {
             from_event(ctx, id, fact, &mut since).instrument(span).await
         }
         _ => {
@@ -98,8 +105,9 @@ pub async fn reconcile_container(
                 return (Outcome::Converged, None);
             };
             if fact == Some(Fact::Started) {
-                // A container that starts is not being stopped any more.
+                // A container that starts is not being stopped or killed any more.
                 ctx.store.end_drain(id);
+                ctx.store.end_kill(id);
             }
             reconcile(ctx, id, &mut since, preempt)
                 .instrument(span)
@@ -131,6 +139,14 @@ async fn reconcile(
         // inspect of a dying container only once it is torn down).
         _ = preempt.cancelled() => return (Outcome::Preempted, 0),
     };
+    if let Ok(Some(view)) = &inspected
+        && view.running
+        && let Some(until) = ctx.store.killed(id, Instant::now())
+    {
+        // Killed, and Docker has not caught up yet: wait for its `die`.
+        debug!("container killed but still reported running; waiting for its die");
+        return (Outcome::Again(until - Instant::now()), 0);
+    }
     let (mut outcome, name, image) = match inspected {
         Ok(Some(view)) => {
             let outcome = labels::plan_container(&view, &ctx.settings);
@@ -179,7 +195,18 @@ async fn from_event(
     let desired: Vec<Instance> = match fact {
         Fact::Exited => {
             ctx.store.end_drain(id);
+            ctx.store.end_kill(id);
             Vec::new()
+        }
+        Fact::Killed => {
+            ctx.store.end_drain(id);
+            ctx.store.kill(id, Instant::now() + KILL_CONFIRM);
+            let plan = ctx
+                .store
+                .plan_container(&ctx.settings.node, id, &[], &BTreeSet::new());
+            let (outcome, writes) = execute(ctx, id, plan, since).await;
+            // Look again if the `die` does not come.
+            return (outcome.and(Outcome::Again(KILL_CONFIRM)), writes);
         }
         Fact::Signalled(signal) => {
             let Some(drain) = ctx.store.drain_of(id).filter(|d| d.signal == signal) else {

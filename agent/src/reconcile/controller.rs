@@ -8,13 +8,16 @@
 //!   of that container applies the fact without an inspect, and the run after it inspects. A
 //!   reconcile of the container still waiting for a permit or an inspect is preempted, so the
 //!   fact is written at once instead of after Docker has torn the container down. The latest
-//!   fact wins, except that nothing but a `start` replaces an exit.
+//!   fact wins, except that a signal does not replace a SIGKILL or an exit, nor a SIGKILL an
+//!   exit; a `start` replaces them all.
 //! - `Trigger::Snapshot(ids)`: read what this node owns from the registry, replace the
 //!   [`Store`](super::store::Store) with it, then reconcile every container that Docker lists,
 //!   the registry holds, or that is being reconciled. Listings are numbered, and one older
 //!   than the listing already applied is ignored.
-//! - Triggers that arrive before the first snapshot's listing has come back wait for it
-//!   (`deferred`): no reconcile is planned against an empty store.
+//! - The first listing is asked for as the controller starts, in parallel with the Docker
+//!   source's first list, and the first snapshot takes it (`first`). Triggers that arrive
+//!   before it has come back wait for it (`deferred`): no reconcile is planned against an
+//!   empty store.
 //! - A listing that fails is retried with jittered backoff ([`Backoff::LISTING`]) until one
 //!   succeeds or a newer snapshot replaces it; the first listing applied, with each of its
 //!   containers reconciled once, makes the agent ready.
@@ -76,6 +79,24 @@ enum Done {
         listing: Result<Listing, RegistryError>,
         ids: Vec<String>,
     },
+    /// The first listing, asked for before any snapshot.
+    FirstListing {
+        seq: u64,
+        listing: Result<Listing, RegistryError>,
+    },
+}
+
+/// The first registry listing, asked for when the controller starts so it is read while
+/// Docker lists its containers, not after.
+enum First {
+    /// Asked; a snapshot that arrived meanwhile waits here for it.
+    Asked(Option<Vec<String>>),
+    Answered {
+        seq: u64,
+        listing: Result<Listing, RegistryError>,
+    },
+    /// Taken by the first snapshot: later snapshots list the registry themselves.
+    Used,
 }
 
 struct Controller {
@@ -109,6 +130,7 @@ struct Controller {
     /// their reconciles would write again what the registry holds and miss foreign ids, so
     /// they wait for that listing. `None` once it has come back, answered or not.
     deferred: Option<HashSet<String>>,
+    first: First,
     /// Listings failed in a row, and the timer of the one pending retry of a failed listing.
     listing_failures: u32,
     listing_retry: Option<AbortHandle>,
@@ -130,6 +152,8 @@ impl Controller {
         let fact = self.facts.remove(&id);
         if matches!(fact, Some(Fact::Exited | Fact::Signalled(_))) {
             // A fact is written without an inspect; the run after it inspects to converge.
+            // (After a SIGKILL Docker may still report the container running: that run waits
+            // for the `die`, see `Fact::Killed`.)
             self.dirty.insert(id.clone());
         }
         let preempt = CancellationToken::new();
@@ -150,8 +174,8 @@ impl Controller {
         self.since.entry(id.clone()).or_insert(at);
         if let Some(fact) = fact {
             let pending = self.facts.entry(id.clone()).or_insert(fact);
-            // Only a start makes an exited container run again.
-            if *pending != Fact::Exited || fact == Fact::Started {
+            // Only a start makes a killed or exited container run again.
+            if fact == Fact::Started || finality(fact) >= finality(*pending) {
                 *pending = fact;
             }
             if fact != Fact::Started
@@ -219,6 +243,49 @@ impl Controller {
         self.retrying.insert(key, (at, timer));
     }
 
+    /// A snapshot of Docker's containers `ids`: with the first listing, or a new one.
+    fn snapshot(&mut self, ids: Vec<String>) {
+        match std::mem::replace(&mut self.first, First::Used) {
+            First::Asked(_) => self.first = First::Asked(Some(ids)),
+            First::Answered { seq, listing } => self.snapshot_done(seq, listing, ids),
+            First::Used => self.start_snapshot(ids),
+        }
+    }
+
+    /// Asks for the first listing.
+    fn ask_first_listing(&mut self) {
+        self.snapshot_seq += 1;
+        let seq = self.snapshot_seq;
+        let list = self.list();
+        self.jobs.spawn(async move {
+            Done::FirstListing {
+                seq,
+                listing: list.await,
+            }
+        });
+    }
+
+    fn first_listing(&mut self, seq: u64, listing: Result<Listing, RegistryError>) {
+        match std::mem::replace(&mut self.first, First::Used) {
+            First::Asked(Some(ids)) => self.snapshot_done(seq, listing, ids),
+            First::Asked(None) => self.first = First::Answered { seq, listing },
+            // Only one first listing is asked for.
+            answered => self.first = answered,
+        }
+    }
+
+    /// One registry listing, counted and timed.
+    fn list(&self) -> impl Future<Output = Result<Listing, RegistryError>> + use<> {
+        let registry = self.ctx.registry.clone();
+        let observe = self.ctx.observe.clone();
+        async move {
+            let (listing, _) = observe
+                .registry(crate::observe::RegistryOp::List, registry.list())
+                .await;
+            listing
+        }
+    }
+
     fn start_snapshot(&mut self, ids: Vec<String>) {
         // A newer snapshot replaces a failed one's retry.
         if let Some(timer) = self.listing_retry.take() {
@@ -226,13 +293,13 @@ impl Controller {
         }
         self.snapshot_seq += 1;
         let seq = self.snapshot_seq;
-        let registry = self.ctx.registry.clone();
-        let observe = self.ctx.observe.clone();
+        let list = self.list();
         self.jobs.spawn(async move {
-            let (listing, _) = observe
-                .registry(crate::observe::RegistryOp::List, registry.list())
-                .await;
-            Done::Snapshot { seq, listing, ids }
+            Done::Snapshot {
+                seq,
+                listing: list.await,
+                ids,
+            }
         });
     }
 
@@ -324,6 +391,7 @@ impl Controller {
                 self.start_snapshot(ids);
             }
             Ok((_, Done::Snapshot { seq, listing, ids })) => self.snapshot_done(seq, listing, ids),
+            Ok((_, Done::FirstListing { seq, listing })) => self.first_listing(seq, listing),
             // A retry timer replaced by a sooner one.
             Err(e) if e.is_cancelled() => {}
             Err(e) => {
@@ -334,6 +402,17 @@ impl Controller {
                 }
             }
         }
+    }
+}
+
+/// How much a fact says the container has ended: a later fact replaces a pending one unless
+/// it says less (a signal after a SIGKILL), and only a start replaces an exit.
+fn finality(fact: Fact) -> u8 {
+    match fact {
+        Fact::Started => 0,
+        Fact::Signalled(_) => 1,
+        Fact::Killed => 2,
+        Fact::Exited => 3,
     }
 }
 
@@ -380,11 +459,13 @@ impl Reconciler {
             preempt: HashMap::new(),
             first_pending: None,
             deferred: Some(HashSet::new()),
+            first: First::Asked(None),
             listing_failures: 0,
             listing_retry: None,
             cancel: cancel.clone(),
         };
 
+        c.ask_first_listing();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -394,7 +475,7 @@ impl Reconciler {
                     None => break,
                     Some(Trigger::Container(id)) => c.schedule(id),
                     Some(Trigger::Event { container, at, fact }) => c.event(container, at, fact),
-                    Some(Trigger::Snapshot(ids)) => c.start_snapshot(ids),
+                    Some(Trigger::Snapshot(ids)) => c.snapshot(ids),
                 },
             }
         }

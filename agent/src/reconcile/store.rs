@@ -92,6 +92,8 @@ struct Inner {
     parked: BTreeMap<String, Parked>,
     /// By container id.
     draining: HashMap<String, Draining>,
+    /// Containers sent SIGKILL whose `die` has not come yet, until when that is waited for.
+    killed: HashMap<String, Instant>,
 }
 
 impl Inner {
@@ -346,6 +348,7 @@ impl Store {
         let mut inner = self.lock();
         inner.looks.remove(container);
         inner.draining.remove(container);
+        inner.killed.remove(container);
     }
 
     /// Every instance this node owns for `container`, as last written or read.
@@ -377,6 +380,31 @@ impl Store {
             }
             None => None,
         }
+    }
+
+    /// Records that `container` was sent SIGKILL: until its `die`, or `until`, an inspect that
+    /// still reports it running is not believed.
+    pub fn kill(&self, container: &str, until: Instant) {
+        self.lock().killed.insert(container.to_owned(), until);
+    }
+
+    /// Until when an inspect of `container` reporting it running is not believed, if it was
+    /// sent SIGKILL and neither exited nor started since.
+    pub fn killed(&self, container: &str, now: Instant) -> Option<Instant> {
+        let mut inner = self.lock();
+        match inner.killed.get(container) {
+            Some(until) if *until > now => Some(*until),
+            Some(_) => {
+                inner.killed.remove(container);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Forgets a SIGKILL: the container exited, or started again.
+    pub fn end_kill(&self, container: &str) {
+        self.lock().killed.remove(container);
     }
 
     /// Ends the drain of `container`: it exited, or runs again.

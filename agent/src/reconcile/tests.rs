@@ -142,7 +142,7 @@ async fn harness_full(extra: &[&str], prepare: impl FnOnce(&Scripted, &MemoryReg
         triggers,
         running,
     };
-    until("the source's first listing", Duration::from_secs(1), || {
+    until("the source's first listing", Duration::from_secs(5), || {
         h.docker.streams_opened() == 1
     })
     .await;
@@ -1010,5 +1010,85 @@ async fn only_the_containers_stop_signal_drains_it_unless_draining_is_off() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(health_of(&h, &c4), Some(berth_registry::Status::Passing));
+    h.stop().await;
+}
+
+/// Mechanism: `First` in the controller. The first registry listing is read while Docker
+/// lists its containers, not after, and the first snapshot uses it rather than listing again.
+#[tokio::test(start_paused = true)]
+async fn the_first_listing_is_read_while_docker_lists() {
+    let started = Instant::now();
+    let h = harness_full(&[], |docker, memory| {
+        docker.put(web("c1", 30001));
+        docker.delay_lists(Duration::from_secs(1));
+        memory.delay_next_list(Duration::from_secs(1));
+    })
+    .await;
+    let id = instance_id("c1");
+    h.registered("c1", Duration::from_secs(5), &[&id]).await;
+    let at = register_attempts(&h.memory, &id)[0] - started;
+    assert!(
+        at < Duration::from_millis(1500),
+        "registered {at:?} after the start: the two listings ran one after the other"
+    );
+    let listings = h
+        .memory
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == Call::List)
+        .count();
+    assert_eq!(listings, 1, "the first snapshot used the first listing");
+    h.stop().await;
+}
+
+/// Mechanism: `Fact::Killed` and `Store::killed`. A SIGKILL deregisters at once; Docker may
+/// still report the container running until its `die`, and such an inspect (a probe's
+/// recheck, a resync) does not register it again; the `die` settles it.
+#[tokio::test(start_paused = true)]
+async fn a_sigkill_deregisters_at_once_and_is_not_undone_before_the_die() {
+    let h = harness(&[]).await;
+    let id = registered_c1(&h).await;
+    // The kill event; Docker has not updated the container's state yet.
+    assert!(h.docker.emit_kill("c1", 9));
+    until("deregistered", Duration::from_secs(1), || {
+        h.memory.get(&id).is_none()
+    })
+    .await;
+    for _ in 0..3 {
+        h.trigger("c1").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        h.memory.get(&id),
+        None,
+        "not registered again before the die"
+    );
+    h.docker.put(exited("c1"));
+    assert!(h.docker.emit("c1", "die"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.memory.get(&id), None);
+    assert_eq!(h.memory.registers_of(&id), 1);
+    h.stop().await;
+}
+
+/// Mechanism: `KILL_CONFIRM`. A SIGKILL whose `die` never comes (the kill did not take) is
+/// undone by the inspect after `KILL_CONFIRM`: the container runs, so it is registered.
+#[tokio::test(start_paused = true)]
+async fn a_sigkill_without_a_die_is_undone_after_the_confirmation_window() {
+    let h = harness(&[]).await;
+    let id = registered_c1(&h).await;
+    assert!(h.docker.emit_kill("c1", 9));
+    until("deregistered", Duration::from_secs(1), || {
+        h.memory.get(&id).is_none()
+    })
+    .await;
+    let t0 = Instant::now();
+    h.registered("registered again", Duration::from_secs(10), &[&id])
+        .await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "registered again {:?} after the kill",
+        t0.elapsed()
+    );
     h.stop().await;
 }

@@ -192,7 +192,10 @@ pub struct Ev {
     pub action: String,
     /// The `signal` attribute of a `kill`.
     pub signal: Option<i32>,
+    /// Docker's own timestamp.
     pub at: SystemTime,
+    /// When this process read it from the event stream.
+    pub received: SystemTime,
 }
 
 /// Records the container events of this run, from Docker's event stream.
@@ -235,6 +238,7 @@ impl Events {
                     action,
                     signal: attrs.get("signal").and_then(|s| s.parse().ok()),
                     at: UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64),
+                    received: SystemTime::now(),
                 };
                 recorder.lock().push(ev);
                 recorder.version.send_modify(|v| *v += 1);
