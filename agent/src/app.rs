@@ -204,6 +204,7 @@ impl App {
             ctx.store.clone(),
             ctx.observe.clone(),
             tx.clone(),
+            config.heartbeat_interval(),
             cancel.clone(),
         ));
         let prober = ctx.prober.clone();

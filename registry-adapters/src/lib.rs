@@ -13,7 +13,9 @@
 //! - [`Registry::deregister`] removes one instance of this node; removing a missing one, or
 //!   one that is not this node's, succeeds and changes nothing;
 //! - [`Registry::heartbeat`] keeps the instance alive, answering [`RegistryError::NotFound`]
-//!   when the registry has lost it;
+//!   when the registry has lost it; a backend whose liveness is one lease per node
+//!   ([`Liveness::PerNode`]) needs no per-instance beats, and [`Registry::heartbeat_node`]
+//!   says whether that lease is kept;
 //! - [`Registry::set_health`] writes a new health for the instance (same `NotFound`);
 //! - [`Registry::maintain`] is the backend's own background upkeep (etcd: the lease
 //!   keep-alive); it reports a wholesale loss of this node's registrations;
@@ -41,6 +43,17 @@ pub use instance::{
     Health, Instance, Listing, META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_MANAGED,
     META_NODE, META_RESERVED_PREFIX, OWN_META_KEYS, Origin, Status,
 };
+
+/// How a backend keeps a node's instances alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// Each instance has a TTL of its own, refreshed by [`Registry::heartbeat`] (Consul's TTL
+    /// checks).
+    PerInstance,
+    /// One lease keeps every instance of the node alive, renewed by [`Registry::maintain`];
+    /// [`Registry::heartbeat_node`] says whether it is being renewed (etcd).
+    PerNode,
+}
 
 /// The registry berth keeps exact, as one node's client. A closed set of backends.
 #[derive(Debug, Clone)]
@@ -92,6 +105,24 @@ impl Registry {
             Registry::Consul(c) => c.heartbeat(id).await,
             Registry::Etcd(e) => e.heartbeat(id).await,
             Registry::Memory(m) => m.heartbeat(id).await,
+        }
+    }
+
+    /// How this backend keeps instances alive: per instance (heartbeat each one) or per node.
+    pub fn liveness(&self) -> Liveness {
+        match self {
+            Registry::Etcd(_) => Liveness::PerNode,
+            Registry::Consul(_) | Registry::Memory(_) => Liveness::PerInstance,
+        }
+    }
+
+    /// For a [`Liveness::PerNode`] backend: `Ok` while the node's lease is being kept,
+    /// [`RegistryError::Unavailable`] while renewing it fails. Per-instance backends answer
+    /// `Ok`.
+    pub async fn heartbeat_node(&self) -> Result<(), RegistryError> {
+        match self {
+            Registry::Etcd(e) => e.heartbeat_node(),
+            Registry::Consul(_) | Registry::Memory(_) => Ok(()),
         }
     }
 

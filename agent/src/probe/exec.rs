@@ -31,10 +31,13 @@ pub fn describe(kind: &ProbeKind) -> String {
     }
 }
 
-/// The real probes.
+/// The `User-Agent` of HTTP(S) probes.
+pub const USER_AGENT: &str = concat!("berth/", env!("CARGO_PKG_VERSION"), " (health probe)");
+
+/// The real probes. Plain HTTP goes through [`super::http1`]; HTTPS through a TLS client.
 #[derive(Clone, Debug)]
 pub struct Executor {
-    http: reqwest::Client,
+    https: reqwest::Client,
     /// For checks with `tls_skip_verify`.
     insecure: reqwest::Client,
 }
@@ -54,23 +57,26 @@ impl Executor {
                 .redirect(reqwest::redirect::Policy::none())
                 // Container IPs are local: never through HTTP(S)_PROXY.
                 .no_proxy()
-                .user_agent(concat!(
-                    "berth/",
-                    env!("CARGO_PKG_VERSION"),
-                    " (health probe)"
-                ))
+                .user_agent(USER_AGENT)
                 .tls_danger_accept_invalid_certs(insecure)
                 .build()
                 .map_err(ExecutorError)
         };
         Ok(Executor {
-            http: client(false)?,
+            https: client(false)?,
             insecure: client(true)?,
         })
     }
 
     async fn http(&self, method: &str, url: &str, insecure: bool) -> (Status, String) {
-        let client = if insecure { &self.insecure } else { &self.http };
+        if let Some(rest) = url.strip_prefix("http://") {
+            return super::http1::probe(method, rest).await;
+        }
+        let client = if insecure {
+            &self.insecure
+        } else {
+            &self.https
+        };
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or_default();
         match client.request(method, url).send().await {
             Ok(resp) => {

@@ -20,6 +20,7 @@
 //! run on the agent's `TaskTracker`, so the shutdown drain waits for them.
 
 pub mod exec;
+mod http1;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -4,10 +4,16 @@
 //! exists), sends the due heartbeats with bounded concurrency, and turns a
 //! [`RegistryError::NotFound`] (the registry lost the instance, e.g. Consul restarted) into a
 //! reconcile of the container, which registers it again at once.
+//!
+//! A backend that keeps a node's instances alive with one lease ([`Liveness::PerNode`],
+//! etcd) needs no beat per instance: the heartbeater then asks it every ttl/3 whether the
+//! lease is kept ([`Registry::heartbeat_node`], no I/O), so the metrics and readiness see a
+//! failing renewal as they see failing heartbeats.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use berth_registry::{Registry, RegistryError};
+use berth_registry::{Liveness, Registry, RegistryError};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -21,8 +27,52 @@ use crate::observe::{Observer, RegistryOp};
 /// Heartbeats sent at once.
 const CONCURRENCY: usize = 32;
 
-/// Runs until `cancel` fires.
+/// Runs until `cancel` fires; beats every `every` (ttl/3).
 pub async fn run(
+    registry: Registry,
+    store: Arc<Store>,
+    observe: Arc<Observer>,
+    triggers: mpsc::Sender<Trigger>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    match registry.liveness() {
+        Liveness::PerNode => per_node(registry, observe, every, cancel).await,
+        Liveness::PerInstance => per_instance(registry, store, observe, triggers, cancel).await,
+    }
+}
+
+/// One question every `every`: is the node's lease kept?
+async fn per_node(
+    registry: Registry,
+    observe: Arc<Observer>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let (result, _) = observe
+            .registry(RegistryOp::Heartbeat, registry.heartbeat_node())
+            .await;
+        let failed = result.is_err();
+        match result {
+            Ok(()) if failing => info!("heartbeats succeed again"),
+            Ok(()) => {}
+            Err(e) if !failing => {
+                warn!(error = %crate::telemetry::chain(&e), "heartbeat failed; retrying every interval")
+            }
+            Err(e) => debug!(error = %e, "heartbeat failed"),
+        }
+        failing = failed;
+    }
+}
+
+/// Every owned instance, every ttl/3.
+async fn per_instance(
     registry: Registry,
     store: Arc<Store>,
     observe: Arc<Observer>,

@@ -380,6 +380,12 @@ impl EtcdRegistry {
         if self.written().get(id).is_none() {
             return Err(RegistryError::NotFound { id: id.to_owned() });
         }
+        self.heartbeat_node()
+    }
+
+    /// Whether the agent's lease is being kept: [`RegistryError::Unavailable`] while its
+    /// renewal fails. Costs no I/O.
+    pub fn heartbeat_node(&self) -> Result<(), RegistryError> {
         match self.renewal_failure() {
             None => Ok(()),
             Some(why) => Err(RegistryError::Unavailable {

@@ -61,7 +61,8 @@ struct Args {
     /// What to measure.
     #[arg(required = true, value_enum)]
     scenarios: Vec<Scenario>,
-    /// Which registries to measure against (probes and footprint always use Consul).
+    /// Which registries to measure against (probes and footprint use etcd unless this is
+    /// consul).
     #[arg(long, value_enum, default_value_t = Backends::Both)]
     backend: Backends,
     /// Small counts and short windows: shows every scenario works; the figures mean little.
@@ -249,7 +250,13 @@ fn run(args: Args) -> Result<()> {
         let mut report = Report::default();
         for scenario in &scenarios {
             let on: Vec<Kind> = match scenario {
-                Scenario::Probes | Scenario::Footprint => vec![Kind::Consul],
+                // Berth's own cost, not the registry's: etcd keeps liveness in one lease, so
+                // the figure is the probes' (Consul's per-instance heartbeats and its
+                // agent's per-service cost are measured by `writes` and `cold`).
+                Scenario::Probes | Scenario::Footprint if args.backend == Backends::Consul => {
+                    vec![Kind::Consul]
+                }
+                Scenario::Probes | Scenario::Footprint => vec![Kind::Etcd],
                 _ => kinds.clone(),
             };
             for kind in on {
@@ -259,8 +266,8 @@ fn run(args: Args) -> Result<()> {
                     Scenario::Latency => scenarios::latency::run(&ctx, kind).await,
                     Scenario::Burst => scenarios::burst::run(&ctx, kind).await,
                     Scenario::Cold => scenarios::cold::run(&ctx, kind).await,
-                    Scenario::Probes => scenarios::probes::run(&ctx).await,
-                    Scenario::Footprint => scenarios::probes::footprint(&ctx).await,
+                    Scenario::Probes => scenarios::probes::run(&ctx, kind).await,
+                    Scenario::Footprint => scenarios::probes::footprint(&ctx, kind).await,
                     Scenario::Writes => scenarios::writes::run(&ctx, kind).await,
                     Scenario::Drain => scenarios::drain::run(&ctx, kind).await,
                     Scenario::All => unreachable!("expanded above"),

@@ -60,7 +60,7 @@ pub async fn run(ctx: &Ctx, kind: Kind) -> Outcome {
     rows.info("process start → ready", fmt_ms(ready_ms));
     rows.info(
         "registry writes in the cold sync (heartbeats aside)",
-        format!("{cold_writes:.0}"),
+        format!("{}", cold_writes + 0.0),
     );
     rows.info(
         "RSS after the cold sync",
@@ -74,7 +74,7 @@ pub async fn run(ctx: &Ctx, kind: Kind) -> Outcome {
     };
     rows.check(
         "warm restart: registry writes (heartbeats aside)",
-        format!("{warm_writes:.0}"),
+        format!("{}", warm_writes + 0.0),
         target,
         met,
     );

@@ -113,6 +113,55 @@ async fn answer(mut stream: TcpStream, port: u16, hits: Arc<Mutex<HashMap<u16, V
     }
 }
 
+/// The floor of probing: the same HTTP GETs, each on a new connection, at the same rate,
+/// from a minimal HTTP/1.1 client on a thread of its own (a current-thread runtime), for
+/// `window`; its CPU time (user + system, from `/proc/thread-self/stat`) as % of one core.
+/// Its requests reach the same listeners, which tell them apart by nothing: the caller runs
+/// it before the agent probes them.
+fn floor_cpu(ports: Vec<u16>, window: Duration) -> anyhow::Result<f64> {
+    std::thread::spawn(move || -> anyhow::Result<f64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let ticks = || -> anyhow::Result<u64> {
+                let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+                let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                Ok(n(11) + n(12))
+            };
+            let every = INTERVAL.as_secs_f64() / ports.len() as f64;
+            let (t0, c0) = (tokio::time::Instant::now(), ticks()?);
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(every));
+            let mut i = 0;
+            while t0.elapsed() < window {
+                tick.tick().await;
+                let port = ports[i % ports.len()];
+                i += 1;
+                let _ = tokio::time::timeout(Duration::from_secs(2), get(port)).await;
+            }
+            let cpu_s = (ticks()? - c0) as f64 / 100.0;
+            Ok(100.0 * cpu_s / t0.elapsed().as_secs_f64())
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the floor prober panicked"))?
+}
+
+/// `GET /` on a new connection; true on a 2xx status line.
+async fn get(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let req = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf).await, Ok(n) if n >= 12 && buf[9] == b'2')
+}
+
 /// Host-network containers exposing the targets' ports, each with an HTTP check.
 async fn probe_containers(ctx: &Ctx, targets: &Targets) -> Result<Vec<String>> {
     let specs: Vec<Spec> = targets
@@ -171,10 +220,18 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-pub async fn run(ctx: &Ctx) -> Outcome {
+pub async fn run(ctx: &Ctx, kind: Kind) -> Outcome {
     let n = ctx.sizes.probe_targets;
-    let registry = Registry::start(Kind::Consul).await?;
+    let registry = Registry::start(kind).await?;
     let targets = Targets::listen(n).await?;
+    let floor_window = ctx.sizes.probe_window.min(Duration::from_secs(60));
+    let ports = targets.ports.clone();
+    let floor = tokio::task::spawn_blocking(move || floor_cpu(ports, floor_window)).await??;
+    targets
+        .hits
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
     let agent = ctx.ready_agent(&registry, &[]).await?;
     probe_containers(ctx, &targets).await?;
     passing(&agent, n, Duration::from_secs(120)).await?;
@@ -198,10 +255,14 @@ pub async fn run(ctx: &Ctx) -> Outcome {
     let expected = n as f64 / INTERVAL.as_secs_f64();
     let rss_max = rss.iter().copied().max().unwrap_or(0);
 
-    let mut rows = Rows::new("probes", "any");
+    let mut rows = Rows::new("probes", kind.to_string());
     rows.info(
         "setup",
         format!("{n} HTTP checks every {INTERVAL:?}, window {window:?}"),
+    );
+    rows.info(
+        "floor: the same GETs from a minimal client, % of one core",
+        format!("{floor:.2} %"),
     );
     rows.check(
         "agent CPU, % of one core",
@@ -231,6 +292,7 @@ pub async fn run(ctx: &Ctx) -> Outcome {
         "window_s": elapsed.as_secs_f64(),
         "cpu_seconds": cpu_s,
         "cpu_percent_of_one_core": cpu_pct,
+        "floor_cpu_percent_of_one_core": floor,
         "rss_kib": rss,
         "probes_in_window": count,
         "probes_per_second": rate,
@@ -250,8 +312,8 @@ fn percentile(samples: &[f64], p: f64) -> f64 {
     s[i.clamp(1, s.len()) - 1]
 }
 
-pub async fn footprint(ctx: &Ctx) -> Outcome {
-    let registry = Registry::start(Kind::Consul).await?;
+pub async fn footprint(ctx: &Ctx, kind: Kind) -> Outcome {
+    let registry = Registry::start(kind).await?;
     let agent = ctx.ready_agent(&registry, &[]).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle = rss_over(&agent, Duration::from_secs(5)).await?;
@@ -272,7 +334,7 @@ pub async fn footprint(ctx: &Ctx) -> Outcome {
     let loaded_max = loaded.iter().copied().max().unwrap_or(0);
     agent.stop().await?;
 
-    let mut rows = Rows::new("footprint", "consul");
+    let mut rows = Rows::new("footprint", kind.to_string());
     rows.check(
         "RSS idle (no container to register)",
         mib(idle_max),
