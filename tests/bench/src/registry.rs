@@ -159,6 +159,24 @@ impl Registry {
         Ok(())
     }
 
+    /// [`Registry::write`], then, on Consul, the health check's output, as berth writes a new
+    /// instance (Consul takes no output in a registration).
+    pub async fn write_with_output(&self, service: &str, id: &str, port: u16) -> Result<()> {
+        self.write(service, id, port).await?;
+        if let Backend::Consul(c) = self.backend() {
+            let url = format!("{}/v1/agent/check/update/service:{id}", c.addr());
+            let body =
+                json!({"Status": "passing", "Output": format!("berth: container {id} is running")});
+            self.http
+                .put(url)
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+        Ok(())
+    }
+
     /// Removes what [`Registry::write`] wrote.
     pub async fn delete(&self, service: &str, id: &str) -> Result<()> {
         match self.backend() {
