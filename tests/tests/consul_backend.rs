@@ -421,6 +421,72 @@ fn a_consul_that_is_down_is_unavailable_within_the_request_timeout() {
     assert!(start.elapsed() >= timeout - Duration::from_millis(100));
 }
 
+/// A burst of stopping containers writes for each at once. Consul's agent keeps at most
+/// `http_max_conns_per_client` (200) connections from one address and closes the rest, so
+/// the client must queue its requests instead of opening a connection per write.
+#[test]
+fn a_burst_of_writes_past_consuls_connection_limit_all_land() {
+    const N: usize = 300;
+    let consul = ConsulServer::start();
+    let reg = registry(&consul);
+    let rt = Rt::new();
+    let instances: Vec<Instance> = (0..N)
+        .map(|i| {
+            instance(
+                &format!("node1:burst-{i}:80"),
+                "burst",
+                Health::passing("ok"),
+            )
+        })
+        .collect();
+
+    // Every call of a phase in flight at once; the errors, if any.
+    let all_at_once = |phase: &'static str| -> Vec<String> {
+        rt.run(async {
+            let mut calls = tokio::task::JoinSet::new();
+            for web in &instances {
+                let (reg, web) = (reg.clone(), web.clone());
+                calls.spawn(async move {
+                    let result = match phase {
+                        "register" => reg.register(&web).await,
+                        "health" => reg.set_health(&web.id, &Health::critical("stopping")).await,
+                        _ => reg.deregister(&web.id).await,
+                    };
+                    result.map_err(|e| format!("{phase} of {}: {e}", web.id))
+                });
+            }
+            calls
+                .join_all()
+                .await
+                .into_iter()
+                .filter_map(Result::err)
+                .collect()
+        })
+    };
+
+    for phase in ["register", "health", "deregister"] {
+        let errors = all_at_once(phase);
+        assert!(
+            errors.is_empty(),
+            "{} of {N} {phase} calls failed, e.g. {:?}",
+            errors.len(),
+            &errors[..errors.len().min(3)]
+        );
+        let services = consul.get("/v1/agent/services").unwrap();
+        let held = services.as_object().unwrap().len();
+        let expected = if phase == "deregister" { 0 } else { N };
+        assert_eq!(held, expected, "services on the agent after {phase}");
+        if phase == "health" {
+            let checks = consul.get("/v1/agent/checks").unwrap();
+            let critical = instances
+                .iter()
+                .filter(|i| checks[format!("service:{}", i.id)]["Status"] == "critical")
+                .count();
+            assert_eq!(critical, N, "health checks turned critical");
+        }
+    }
+}
+
 #[test]
 fn lookup_takes_local_output_from_the_agent_and_skips_other_services() {
     let consul = ConsulServer::start();

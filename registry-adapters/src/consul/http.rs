@@ -7,6 +7,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::error::RegistryError;
 
@@ -20,6 +21,14 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// Longest part of an error body kept in a message.
 const MAX_BODY_CHARS: usize = 512;
+
+/// Requests to the agent in flight at once; the others wait their turn here. A Consul agent
+/// accepts at most `limits.http_max_conns_per_client` connections from one address (200 by
+/// default) and closes the ones past it, and a burst of stopping containers makes a write
+/// each at once (drains and deregistrations wait for no inspect). The agent answers such
+/// writes one at a time anyway, so queueing them here costs no throughput; it keeps every
+/// request's timeout for the agent's answer, not for its queue.
+pub(super) const MAX_IN_FLIGHT: usize = 64;
 
 /// A failed request to Consul.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +169,9 @@ pub(super) struct Agent {
     /// Shares its connection pool between clones.
     client: reqwest::Client,
     base: Arc<str>,
+    /// [`MAX_IN_FLIGHT`] permits, shared between clones; a request holds one until its
+    /// answer is read, so the pool never opens more connections than that.
+    in_flight: Arc<Semaphore>,
 }
 
 impl Agent {
@@ -167,7 +179,13 @@ impl Agent {
         Agent {
             client,
             base: base.into(),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
+    }
+
+    /// Waits for a turn to send. The semaphore is never closed, so this always gets a permit.
+    async fn turn(&self) -> Option<SemaphorePermit<'_>> {
+        self.in_flight.acquire().await.ok()
     }
 
     pub(super) fn base(&self) -> &str {
@@ -184,6 +202,7 @@ impl Agent {
     }
 
     pub(super) async fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, ApiError> {
+        let _turn = self.turn().await;
         let resp = Self::check(self.client.get(url).send().await).await?;
         let body = resp.bytes().await.map_err(ApiError::transport)?;
         serde_json::from_slice(&body).map_err(ApiError::Decode)
@@ -198,6 +217,7 @@ impl Agent {
         if let Some(body) = body {
             req = req.json(body);
         }
+        let _turn = self.turn().await;
         Self::check(req.send().await).await.map(drop)
     }
 
